@@ -1,0 +1,18 @@
+"""Gemma-2-2B as in the paper: C4 calibration (128 x 2048), WikiText2 perplexity.
+
+python -m optima_jax.prune --config configs/gemma2_2b.py [--config.sparsity=2:4 --config.prune_scope=mlp]
+"""
+
+from optima_jax.config import default_config
+
+
+def get_config():
+  c = default_config()
+  c.model = "google/gemma-2-2b"
+  c.calibration.source = "c4"
+  c.calibration.nsamples = 128
+  c.calibration.seqlen = 2048
+  c.eval.source = "wikitext2"
+  c.eval.seqlen = 2048
+  c.output_dir = "runs/gemma2_2b"
+  return c

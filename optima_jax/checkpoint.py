@@ -1,0 +1,229 @@
+"""Orbax checkpoints: per-block resume points during a run, and the final pruned checkpoint.
+
+Layout of a run's output directory:
+  run.json                   the run's identity (config fingerprint); a different run refuses to write here
+  progress/blocks/<i>/       CheckpointManager step i: block i's pruned linears, masks and report rows
+  progress/frontier/<i>/     CheckpointManager step i: hidden states entering block i (last two kept)
+  checkpoint/params/         the final pruned params, nested dict of HF names split on "." (Orbax)
+  checkpoint/masks/          keep masks of every pruned linear (Orbax, bool)
+  checkpoint/metadata.json   config, per-linear stats, library versions
+  optima_checkpoint.json     marker written last: the directory holds a complete pruned checkpoint
+  report.json, report.csv, report.png
+
+Restore a finished run as the Flax params pytree:  params = optima_jax.checkpoint.restore_params(dir)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from optima_jax.errors import OptimaError
+
+log = logging.getLogger("optima_jax.checkpoint")
+
+MARKER = "optima_checkpoint.json"
+RUN_FILE = "run.json"
+
+
+def _ocp():
+  import orbax.checkpoint as ocp
+  return ocp
+
+
+# ----------------------------------------------------------------------------- pytrees
+
+def nest(flat: dict[str, object]) -> dict:
+  """{"model.layers.0.mlp.up_proj.weight": a} -> {"model": {"layers": {"0": {"mlp": {...}}}}}."""
+  out: dict = {}
+  for key, value in flat.items():
+    node = out
+    parts = key.split(".")
+    for p in parts[:-1]:
+      node = node.setdefault(p, {})
+    node[parts[-1]] = value
+  return out
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+  """Inverse of `nest`."""
+  out = {}
+  for k, v in tree.items():
+    name = f"{prefix}.{k}" if prefix else str(k)
+    if isinstance(v, dict):
+      out.update(flatten(v, name))
+    else:
+      out[name] = v
+  return out
+
+
+def atomic_write_text(path: Path, text: str):
+  """Write `text` to `path` via a temporary file and rename, so readers never see half a file."""
+  path = Path(path)
+  tmp = path.with_name(path.name + ".tmp")
+  with open(tmp, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- run identity
+
+def run_fingerprint(cfg_dict: dict) -> str:
+  """Hash of everything that determines the pruned weights (not output paths or eval settings)."""
+  ignore = {"output_dir", "overwrite", "export_hf", "eval", "distributed", "hidden_states_on"}
+  core = {k: v for k, v in cfg_dict.items() if k not in ignore}
+  return hashlib.sha256(json.dumps(core, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def claim_output_dir(out: Path, fingerprint: str, overwrite: bool, cfg_dict: dict) -> bool:
+  """Make `out` this run's directory. Returns True if it already holds this run (resume possible).
+
+  A directory holding a different run's files is refused unless overwrite=True, in which case it is
+  cleared. Nothing is written when the directory is refused.
+  """
+  out = Path(out)
+  run_file = out / RUN_FILE
+  if run_file.exists():
+    try:
+      other = json.loads(run_file.read_text()).get("fingerprint")
+    except (json.JSONDecodeError, OSError):
+      other = None
+    if other == fingerprint:
+      return True
+    if not overwrite:
+      raise OptimaError(f"output directory {out} holds a different run's checkpoint "
+                        f"(fingerprint {other} != {fingerprint}); set --config.overwrite=True to replace it")
+    shutil.rmtree(out)
+  elif out.exists() and any(out.iterdir()):
+    if not overwrite:
+      raise OptimaError(f"output directory {out} is not empty and holds no optima_jax run; "
+                        "choose another --config.output_dir or set --config.overwrite=True")
+    shutil.rmtree(out)
+  out.mkdir(parents=True, exist_ok=True)
+  atomic_write_text(run_file, json.dumps({"fingerprint": fingerprint, "config": cfg_dict}, indent=1,
+                                         default=str))
+  return False
+
+
+# ----------------------------------------------------------------------------- progress (resume)
+
+class Progress:
+  """Per-block resume points, written through two Orbax CheckpointManagers.
+
+  After block i: `blocks` step i (block i's pruned weights, masks, report rows), then `frontier` step i+1
+  (hidden states entering block i+1). Each save is atomic (Orbax commits a step by renaming its temporary
+  directory). On restart, `latest()` finds the last frontier whose blocks are all intact; a step that fails
+  to restore is dropped and its block is redone.
+  """
+
+  def __init__(self, out: Path):
+    ocp = _ocp()
+    root = Path(out).absolute() / "progress"
+    opts = dict(create=True, enable_async_checkpointing=False)
+    self.blocks = ocp.CheckpointManager(root / "blocks", options=ocp.CheckpointManagerOptions(**opts))
+    self.frontier = ocp.CheckpointManager(
+        root / "frontier", options=ocp.CheckpointManagerOptions(max_to_keep=2, **opts))
+
+  def save_block(self, index: int, weights: dict[str, np.ndarray], masks: dict[str, np.ndarray],
+                 rows: list[dict], hidden, hidden_val):
+    ocp = _ocp()
+    self.blocks.save(index, args=ocp.args.Composite(
+        weights=ocp.args.StandardSave({k: np.asarray(v) for k, v in weights.items()}),
+        masks=ocp.args.StandardSave({k: np.asarray(v) for k, v in masks.items()}),
+        rows=ocp.args.JsonSave({"rows": rows})), force=True)
+    self.blocks.wait_until_finished()
+    front = {"hidden": np.asarray(hidden)}
+    if hidden_val is not None:
+      front["hidden_val"] = np.asarray(hidden_val)
+    self.frontier.save(index + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(front)), force=True)
+    self.frontier.wait_until_finished()
+
+  def _restore_block(self, i: int):
+    ocp = _ocp()
+    r = self.blocks.restore(i, args=ocp.args.Composite(
+        weights=ocp.args.StandardRestore(), masks=ocp.args.StandardRestore(), rows=ocp.args.JsonRestore()))
+    return r["weights"], r["masks"], r["rows"]["rows"]
+
+  def latest(self):
+    """-> (next_block, hidden, hidden_val, blocks: list of (weights, masks, rows)) or None."""
+    ocp = _ocp()
+    for step in sorted(self.frontier.all_steps(), reverse=True):
+      try:
+        front = self.frontier.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+        blocks = [self._restore_block(i) for i in range(step)]
+      except Exception as e:  # corrupted or truncated step: fall back to the previous resume point
+        log.warning("resume point %d is unreadable (%s: %s); redoing from an earlier block",
+                    step, type(e).__name__, str(e).splitlines()[0][:200])
+        continue
+      return step, front["hidden"], front.get("hidden_val"), blocks
+    return None
+
+  def close(self):
+    self.blocks.close()
+    self.frontier.close()
+
+
+# ----------------------------------------------------------------------------- final checkpoint
+
+def save_pruned(out: Path, params: dict[str, np.ndarray], masks: dict[str, np.ndarray], metadata: dict):
+  """Write the final checkpoint under out/checkpoint and then the completion marker."""
+  ocp = _ocp()
+  out = Path(out).absolute()
+  ck = out / "checkpoint"
+  if ck.exists():
+    shutil.rmtree(ck)
+  ck.mkdir(parents=True)
+  with ocp.StandardCheckpointer() as c:
+    c.save(ck / "params", nest({k: np.asarray(v) for k, v in params.items()}))
+  if masks:
+    with ocp.StandardCheckpointer() as c:
+      c.save(ck / "masks", nest({k: np.asarray(v) for k, v in masks.items()}))
+  atomic_write_text(ck / "metadata.json", json.dumps(metadata, indent=1, default=str))
+  atomic_write_text(out / MARKER, json.dumps({"format": "optima_jax/1", "checkpoint": "checkpoint"}))
+
+
+def is_pruned_checkpoint(path) -> bool:
+  return (Path(path) / MARKER).exists()
+
+
+def restore_params(path) -> dict:
+  """The pruned params as the nested Flax params pytree (HF names split on '.'); numpy arrays."""
+  path = Path(path).absolute()
+  if not is_pruned_checkpoint(path):
+    raise OptimaError(f"{path} is not a finished optima_jax checkpoint (no {MARKER})")
+  with _ocp().StandardCheckpointer() as c:
+    return c.restore(path / "checkpoint" / "params")
+
+
+def restore_masks(path) -> dict[str, np.ndarray]:
+  path = Path(path).absolute()
+  if not (path / "checkpoint" / "masks").exists():
+    return {}
+  with _ocp().StandardCheckpointer() as c:
+    return flatten(c.restore(path / "checkpoint" / "masks"))
+
+
+def restore_metadata(path) -> dict:
+  return json.loads((Path(path) / "checkpoint" / "metadata.json").read_text())
+
+
+def restore_pruned(path):
+  """-> (models.ModelConfig, flat params dict, tokenizer) of a finished run, ready for models.build_model."""
+  import models
+  meta = restore_metadata(path)
+  params = flatten(restore_params(path))
+  config = models.config_from_hf(meta["hf_config"])
+  tok_dir = Path(path) / "checkpoint" / "tokenizer"
+  tokenizer = None
+  if tok_dir.exists():
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+  return config, params, tokenizer

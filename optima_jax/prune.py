@@ -1,0 +1,233 @@
+"""`python -m optima_jax.prune --config configs/<model>.py [--config.key=value ...]`
+
+Load → calibrate → for each block: Hessians → masks → update → write back → next inputs → checkpoint.
+Rerunning the same command after a kill resumes at the next unfinished block.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from optima_jax.errors import OptimaError
+
+log = logging.getLogger("optima_jax")
+
+
+def family_add_bos(config, tokenizer) -> bool:
+  """Whether calibration/eval windows start with BOS: always for Gemma (it needs it); otherwise as the
+  tokenizer does by default (LLaMA-3 adds <|begin_of_text|>, SmolLM2 and Qwen add nothing)."""
+  if config.model_type.startswith("gemma"):
+    return True
+  if tokenizer.bos_token_id is None:
+    return False
+  ids = tokenizer("a").input_ids
+  return len(ids) > 0 and ids[0] == tokenizer.bos_token_id
+
+
+def setup_logging(out: Path, main: bool):
+  """Console INFO lines plus a structured JSON-lines log in out/log.jsonl."""
+  root = logging.getLogger("optima_jax")
+  root.setLevel(logging.INFO)
+  root.handlers.clear()
+  if not main:
+    root.addHandler(logging.NullHandler())
+    return
+
+  class JsonLines(logging.Handler):
+    def __init__(self, path):
+      super().__init__()
+      self.f = open(path, "a")
+
+    def emit(self, rec):
+      self.f.write(json.dumps({"t": round(rec.created, 3), "level": rec.levelname, "logger": rec.name,
+                               "msg": rec.getMessage()}) + "\n")
+      self.f.flush()
+
+  console = logging.StreamHandler(sys.stderr)
+  console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+  root.addHandler(console)
+  root.addHandler(JsonLines(out / "log.jsonl"))
+  root.propagate = False
+
+
+def _versions() -> dict:
+  import importlib.metadata as md
+  out = {}
+  for p in ("optima_jax", "jax", "flax", "orbax-checkpoint", "transformers"):
+    try:
+      out[p] = md.version(p)
+    except md.PackageNotFoundError:
+      out[p] = None
+  return out
+
+
+def run(cfg) -> dict:
+  """Run a validated config end to end. Returns a summary dict (perplexities, timings, paths)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  import models
+  from models import api
+  from optima_jax import checkpoint, data, report, sharding
+  from optima_jax.engine import run_sequential
+  from optima_jax.pruner import make_pruner
+  from optima_jax.sparsity import select_linears
+
+  t_start = time.perf_counter()
+  cfg_dict = cfg.to_dict()
+  out = Path(cfg.output_dir).absolute()
+  sharding.maybe_initialize_distributed(cfg.distributed)
+  main = sharding.is_main_process()
+  fingerprint = checkpoint.run_fingerprint(cfg_dict)
+  resumable = checkpoint.claim_output_dir(out, fingerprint, cfg.overwrite, cfg_dict)
+  setup_logging(out, main)
+  log.info("run %s -> %s%s", fingerprint, out, " (resuming)" if resumable else "")
+  data_mesh, rows_mesh = sharding.make_meshes(cfg.mesh.data, cfg.mesh.rows)
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[cfg.dtype]
+  timings: dict[str, float] = {}
+
+  t = time.perf_counter()
+  loaded = models.load_model(cfg.model, dtype=cfg.dtype)
+  model = models.build_model(loaded.config, loaded.params, dtype=dtype)
+  config, tokenizer = loaded.config, loaded.tokenizer
+  timings["load_s"] = time.perf_counter() - t
+  add_bos = family_add_bos(config, tokenizer) if cfg.calibration.add_bos < 0 else bool(cfg.calibration.add_bos)
+
+  ppl = {}
+  eval_file = out / "eval_dense.json"
+  if cfg.eval.source:
+    if eval_file.exists():
+      ppl["dense"] = json.loads(eval_file.read_text())["ppl"]
+    else:
+      ppl["dense"] = _perplexity(model, config, tokenizer, cfg, add_bos)
+      checkpoint.atomic_write_text(eval_file, json.dumps({"ppl": ppl["dense"]}))
+    log.info("dense perplexity on %s: %.3f", cfg.eval.source, ppl["dense"])
+
+  t = time.perf_counter()
+  cal = cfg.calibration
+  ids, val_ids = _calibration(cfg, tokenizer, add_bos)
+  timings["calibration_data_s"] = time.perf_counter() - t
+  log.info("calibration: %d x %d tokens from %s%s", ids.shape[0], ids.shape[1], cal.source,
+           f"; validation {val_ids.shape[0]} x {val_ids.shape[1]}" if val_ids is not None else "")
+
+  progress = checkpoint.Progress(out)
+  rows: list[dict] = []
+  masks: dict[str, np.ndarray] = {}
+  start, hidden, hidden_val = 0, None, None
+  if resumable:
+    latest = progress.latest()
+    if latest is not None:
+      start, hidden, hidden_val, blocks = latest
+      for i, (weights, bmasks, brows) in enumerate(blocks):
+        for name, w in weights.items():
+          api.set_linear(model, i, name, jnp.asarray(w))
+        masks.update({f"model.layers.{i}.{n}.weight": m for n, m in bmasks.items()})
+        rows.extend(brows)
+      log.info("resuming at block %d of %d", start, config.num_layers)
+      if val_ids is None:
+        hidden_val = None
+
+  scope = set(select_linears(api.linear_names(config), cfg.prune_scope))
+  block_times = {"hessians_s": 0.0, "prune_s": 0.0, "forward_s": 0.0}
+
+  def on_block_done(done):
+    weights = {n: np.asarray(r.weight.astype(dtype)) for n, r in done.results.items()}
+    bmasks = {n: np.asarray(r.keep_mask) for n, r in done.results.items()}
+    brows = [r.row for r in done.results.values()]
+    progress.save_block(done.index, weights, bmasks, brows, done.hidden, done.hidden_val)
+    rows.extend(brows)
+    masks.update({f"model.layers.{done.index}.{n}.weight": m for n, m in bmasks.items()})
+    for k in block_times:
+      block_times[k] += done.timings[k]
+    log.info("block %d done: %s", done.index, json.dumps(
+        {"peak_host_mem_mb": round(done.timings["peak_host_mem_mb"]),
+         "mean_ratio": _mean([r["ratio"] for r in brows]),
+         "skipped": sum(r["skipped"] for r in brows)}))
+
+  run_sequential(model, config, ids, make_pruner(cfg, rows_mesh), val_ids=val_ids,
+                 linear_filter=lambda n: n in scope, micro_batch=int(cal.micro_batch), mesh=data_mesh,
+                 start_block=start, hidden=hidden, hidden_val=hidden_val, hidden_on=cfg.hidden_states_on,
+                 on_block_done=on_block_done, progress=main)
+  progress.close()
+  timings.update(block_times)
+  timings["select_s"] = sum(r["seconds_select"] for r in rows)
+  timings["update_s"] = sum(r["seconds_update"] for r in rows)
+
+  params = api.to_params_dict(model)
+  metadata = {"config": cfg_dict, "fingerprint": fingerprint, "hf_config": config.hf_config,
+              "model_type": config.model_type, "versions": _versions(), "linears": rows,
+              "timings": timings}
+  checkpoint.save_pruned(out, params, masks if cfg.save_masks else {}, metadata)
+  if tokenizer is not None:
+    tokenizer.save_pretrained(str(out / "checkpoint" / "tokenizer"))
+  if cfg.export_hf:
+    models.save_hf(out / "hf", config, params, tokenizer)
+    log.info("HF export written to %s", out / "hf")
+
+  if cfg.eval.source:
+    ppl["pruned"] = _perplexity(model, config, tokenizer, cfg, add_bos)
+  timings["total_s"] = time.perf_counter() - t_start
+  report.write_reports(out, rows, timings)
+  if main:
+    print(report.summary_table(rows, timings, {f"{k} ({cfg.eval.source})": v for k, v in ppl.items()}))
+    print(f"checkpoint: {out}  (restore: optima_jax.checkpoint.restore_params('{out}'))")
+  return {"ppl": ppl, "timings": timings, "output_dir": str(out), "rows": rows}
+
+
+def _mean(xs):
+  xs = [x for x in xs if x is not None]
+  return round(sum(xs) / len(xs), 4) if xs else None
+
+
+def _calibration(cfg, tokenizer, add_bos):
+  """-> (calibration ids [n, T], validation ids [n_val, T] or None)."""
+  import numpy as np
+  from optima_jax import data
+
+  cal = cfg.calibration
+  v = cal.validation_source
+  if v == "holdout":
+    n_val = max(1, int(round(cal.nsamples * cal.validation_fraction)))
+    allw = data.calibration_windows(cal.source, tokenizer, nsamples=cal.nsamples + n_val, seqlen=cal.seqlen,
+                                    seed=cal.seed, add_bos=add_bos)
+    return np.asarray(allw[:cal.nsamples]), np.asarray(allw[cal.nsamples:])
+  ids = data.calibration_windows(cal.source, tokenizer, nsamples=cal.nsamples, seqlen=cal.seqlen,
+                                 seed=cal.seed, add_bos=add_bos)
+  val = None
+  if v:
+    val = data.calibration_windows(v, tokenizer, nsamples=cal.validation_nsamples, seqlen=cal.seqlen,
+                                   seed=cal.seed + 1, add_bos=add_bos)
+  return np.asarray(ids), val if val is None else np.asarray(val)
+
+
+def _perplexity(model, config, tokenizer, cfg, add_bos) -> float:
+  from optima_jax import data, evaluate
+  tokens = data.eval_tokens(cfg.eval.source, tokenizer)
+  return float(evaluate.perplexity(model, tokens, seqlen=cfg.eval.seqlen, batch_size=cfg.eval.batch_size,
+                                   max_windows=cfg.eval.max_windows or None,
+                                   bos_id=tokenizer.bos_token_id if add_bos else None))
+
+
+def main(argv=None) -> int:
+  from optima_jax.config import parse_args, validate
+  argv = sys.argv if argv is None else argv
+  try:
+    cfg, _ = parse_args(argv)
+    validate(cfg)
+    run(cfg)
+  except OptimaError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print("interrupted: rerun the same command to resume from the last finished block", file=sys.stderr)
+    return 130
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
