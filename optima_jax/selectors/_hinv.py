@@ -1,0 +1,33 @@
+"""Shared OBS preliminaries of SparseGPT and Thanos (float32 unless given float64)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def mm(a, b):
+    return jnp.matmul(a, b, precision=HIGHEST)
+
+
+def prepare(W, H, percdamp: float):
+    """SparseGPT's preamble. Returns (W with dead columns zeroed, U upper with (H+damp I)^-1 = UᵀU, dead).
+
+    dead = diag(H) == 0: H_ii := 1 and W[:, i] := 0; damp = percdamp * mean(diag H) (after the dead fix).
+    For any i, (H[i:, i:])^-1 = U[i:, i:]ᵀ U[i:, i:].
+    """
+    n = H.shape[0]
+    H = H.astype(W.dtype)
+    dg = jnp.diagonal(H)
+    dead = dg == 0
+    H = H + jnp.diag(dead.astype(H.dtype))
+    W = jnp.where(dead[None, :], 0, W)
+    damp = percdamp * jnp.mean(jnp.diagonal(H))
+    H = H + damp * jnp.eye(n, dtype=H.dtype)
+    L = jnp.linalg.cholesky(H)
+    eye = jnp.eye(n, dtype=H.dtype)
+    Hinv = jax.scipy.linalg.cho_solve((L, True), eye)
+    Hinv = 0.5 * (Hinv + Hinv.T)
+    U = jnp.triu(jnp.linalg.cholesky(Hinv).T)
+    return W, U, dead

@@ -1,0 +1,103 @@
+"""ADAM weight update under a fixed mask (the OPTIMA paper's Table 7 ablation).
+
+Minimises the layer reconstruction error  E(Ŵ) = ||X(W − Ŵ)ᵀ||² = tr((W − Ŵ) H (W − Ŵ)ᵀ)  with H = Σ xᵀx
+(no activations needed), over Ŵ = keep ⊙ V (pruned entries stay exactly zero), with ``optax.adam``
+and a linear decay of the learning rate to 0 over ``steps`` (full batch: H is the whole calibration
+set). Every lr in ``lrs`` is run independently (vmapped) and the lowest final error wins.
+
+Choices: steps default 1000 (the paper does not fix it in what we know; configurable); ``damp`` adds
+damp·mean(diag H)·I to H for the objective (0 = the plain reconstruction error); the loss is divided by
+mean(diag H)·out so that its scale does not depend on the layer (ADAM is nearly scale invariant but
+its epsilon is not). A run "diverged" if its final error is non-finite or larger than the starting one;
+if every run diverged the start is returned unchanged (info["fallback"] = True).
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optima_jax.errors import OptimaError
+
+DEFAULT_LRS = (1e-2, 1e-3, 1e-4, 1e-5)
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+class AdamUpdateError(OptimaError):
+    """Bad input to the ADAM update."""
+
+
+def recon_error(W_dense, W_new, H):
+    """tr((W - Ŵ) H (W - Ŵ)ᵀ): scalar."""
+    D = W_dense - W_new
+    return jnp.sum(jnp.matmul(D, H, precision=HIGHEST) * D)
+
+
+@partial(jax.jit, static_argnames=("steps",))
+def _run(W_dense, keep, H, init, lrs, steps):
+    Hs = H / (jnp.mean(jnp.diagonal(H)) * W_dense.shape[0])
+    keepf = keep.astype(W_dense.dtype)
+
+    def loss(V):
+        return recon_error(W_dense, V * keepf, Hs)
+
+    def one(lr):
+        sched = optax.linear_schedule(lr, 0.0, steps)
+        opt = optax.adam(sched)
+        st = opt.init(init)
+
+        def step(carry, _):
+            V, st = carry
+            g = jax.grad(loss)(V) * keepf
+            upd, st = opt.update(g, st, V)
+            return (optax.apply_updates(V, upd), st), None
+
+        (V, _), _ = jax.lax.scan(step, (init, st), None, length=steps)
+        V = V * keepf
+        return V, recon_error(W_dense, V, H)
+
+    Vs, errs = jax.vmap(one)(lrs)
+    return Vs, errs, recon_error(W_dense, init, H)
+
+
+def adam_update(W_dense, keep_mask, H, *, lrs=DEFAULT_LRS, steps: int = 1000, init=None, damp: float = 0.0,
+                where: str = "layer"):
+    """W_dense (out, in) float32, keep_mask bool (out, in), H (in, in) = Σ xᵀx.
+
+    Returns (weight (out, in) float32 with pruned entries exactly 0, info) where info has
+    ``errors`` {lr: final error}, ``init_error``, ``best_lr``, ``error``, ``diverged`` {lr: bool},
+    ``unstable`` (any diverged) and ``fallback``. Errors are tr(ΔW H ΔWᵀ) with the undamped H.
+    """
+    W_dense = jnp.asarray(W_dense, jnp.float32 if jnp.asarray(W_dense).dtype != jnp.float64 else jnp.float64)
+    keep = jnp.asarray(keep_mask).astype(bool)
+    H = jnp.asarray(H, W_dense.dtype)
+    if W_dense.ndim != 2 or keep.shape != W_dense.shape:
+        raise AdamUpdateError(f"{where}: keep_mask shape {tuple(keep.shape)} != weight shape {tuple(W_dense.shape)}")
+    if H.shape != (W_dense.shape[1], W_dense.shape[1]):
+        raise AdamUpdateError(f"{where}: H shape {tuple(H.shape)} does not match weight shape {tuple(W_dense.shape)}")
+    if steps < 1 or not lrs:
+        raise AdamUpdateError(f"{where}: adam update needs steps >= 1 and at least one lr")
+    init = W_dense * keep if init is None else jnp.asarray(init, W_dense.dtype) * keep
+    Hobj = H + damp * jnp.mean(jnp.diagonal(H)) * jnp.eye(H.shape[0], dtype=H.dtype) if damp else H
+    lrs_a = jnp.asarray(lrs, W_dense.dtype)
+    Vs, _, _ = _run(W_dense, keep, Hobj, init, lrs_a, int(steps))
+    errs = [float(recon_error(W_dense, Vs[i], H)) for i in range(len(lrs))]
+    init_err = float(recon_error(W_dense, init, H))
+    diverged = {float(lr): (not jnp.isfinite(e)) or e > init_err for lr, e in zip(lrs, errs)}
+    finite = [(e, i) for i, e in enumerate(errs) if jnp.isfinite(e)]
+    best_e, best_i = min(finite) if finite else (float("inf"), 0)
+    fallback = not finite or best_e > init_err
+    weight = init if fallback else Vs[best_i]
+    info = {
+        "errors": {float(lr): e for lr, e in zip(lrs, errs)},
+        "init_error": init_err,
+        "best_lr": None if fallback else float(lrs[best_i]),
+        "error": init_err if fallback else best_e,
+        "diverged": diverged,
+        "unstable": any(diverged.values()),
+        "fallback": fallback,
+        "steps": int(steps),
+    }
+    return weight, info
