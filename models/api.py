@@ -1,0 +1,88 @@
+"""The block API used by the pruning engine (see docs/architecture.md)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from models.config import ModelConfig
+from models.errors import ParamsError
+from models.hf_names import LINEAR_NAMES, block_shapes, linear_shapes
+from models.transformer import CausalLM
+
+_GROUPS = {
+    "attn_in": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+    "attn_out": ["self_attn.o_proj"],
+    "mlp_in": ["mlp.gate_proj", "mlp.up_proj"],
+    "mlp_out": ["mlp.down_proj"],
+}
+
+
+def linear_names(config: ModelConfig) -> list[str]:
+    """Prunable linears of a block, in execution order."""
+    return list(LINEAR_NAMES)
+
+
+def input_groups(config: ModelConfig) -> dict[str, list[str]]:
+    """Group name -> linears that read the same input array (one Hessian per group)."""
+    return {k: list(v) for k, v in _GROUPS.items()}
+
+
+def block_params(params: dict, config: ModelConfig, i: int) -> dict:
+    """Block ``i``'s tensors from a flat HF params dict: linear name -> W (out, in), plus every other tensor of the
+    block under its suffix (``input_layernorm.weight``, ``self_attn.q_proj.bias``...)."""
+    _check_layer(config, i)
+    prefix = f"model.layers.{i}."
+    out = {name: params[f"{prefix}{name}.weight"] for name in LINEAR_NAMES}
+    for suffix in block_shapes(config):
+        if not any(suffix == f"{n}.weight" for n in LINEAR_NAMES):
+            out[suffix] = params[prefix + suffix]
+    return out
+
+
+def _check_layer(config: ModelConfig, i: int) -> None:
+    if not 0 <= i < config.num_layers:
+        raise ParamsError(f"layer index {i} out of range: the model has {config.num_layers} layers")
+
+
+def _linear(model: CausalLM, i: int, name: str):
+    _check_layer(model.config, i)
+    if name not in LINEAR_NAMES:
+        raise ParamsError(f"model.layers.{i}: unknown linear {name!r} (known: {', '.join(LINEAR_NAMES)})")
+    mod = model.layers[i]
+    for part in name.split("."):
+        mod = getattr(mod, part)
+    return mod
+
+
+def get_linear(model: CausalLM, i: int, name: str) -> jax.Array:
+    """W (out, in) of linear ``name`` in block ``i``, in the model's dtype."""
+    return _linear(model, i, name).weight[...]
+
+
+def set_linear(model: CausalLM, i: int, name: str, W) -> None:
+    """Replace W (out, in) of linear ``name`` in block ``i`` in place (cast to the model's dtype)."""
+    lin = _linear(model, i, name)
+    expected = linear_shapes(model.config)[name]
+    if tuple(W.shape) != expected:
+        raise ParamsError(f"model.layers.{i}.{name}.weight: new weight has shape {tuple(W.shape)}, "
+                          f"expected {expected}")
+    lin.weight.value = jnp.asarray(W, dtype=lin.weight[...].dtype)
+
+
+def block_fn(model: CausalLM, i: int) -> Callable:
+    """Pure ``fn(block_state, h, positions, capture=False) -> h_out | (h_out, inputs)`` for block ``i``.
+
+    ``block_state = nnx.state(model.layers[i])``. Jit it with ``static_argnames="capture"``
+    (or ``static_argnums=3``).
+    """
+    _check_layer(model.config, i)
+    graphdef, _ = nnx.split(model.layers[i])
+
+    def fn(block_state, h, positions, capture: bool = False):
+        layer = nnx.merge(graphdef, block_state)
+        return layer(h, positions, capture=capture)
+
+    return fn

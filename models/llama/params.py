@@ -1,0 +1,2 @@
+"""LLaMA HF tensor names: the checkpoint uses the core decoder's names directly."""
+from models.hf_names import canonical_name, expected_shapes  # noqa: F401

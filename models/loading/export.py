@@ -1,0 +1,58 @@
+"""HF export: config.json + (sharded) model.safetensors + tokenizer files, loadable by transformers."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from models.build import validate_params
+from models.config import ModelConfig
+from models.gemma.modeling import text_hf_config
+
+
+def _dtype_name(arr: np.ndarray) -> str:
+    return {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}.get(arr.dtype.name, "float32")
+
+
+def save_hf(directory: str, config: ModelConfig, params: dict, tokenizer=None,
+            max_shard_bytes: int = 5 * 1024**3) -> None:
+    """Write an HF checkpoint of the text model to ``directory`` (created if needed).
+
+    params: flat HF-named dict (numpy or jax arrays, HF layout). Shards into ``model-0000k-of-0000n.safetensors``
+    with ``model.safetensors.index.json`` when the total exceeds ``max_shard_bytes``.
+    """
+    validate_params(config, params, where=directory)
+    os.makedirs(directory, exist_ok=True)
+    arrays = {k: np.ascontiguousarray(np.asarray(v)) for k, v in params.items()}
+    hf = text_hf_config(config)
+    first = next(iter(arrays.values()))
+    hf["torch_dtype"] = _dtype_name(first)
+    if "dtype" in hf:
+        hf["dtype"] = hf["torch_dtype"]
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(hf, f, indent=2, sort_keys=True)
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for k, v in arrays.items():
+        if shards[-1] and size + v.nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][k] = v
+        size += v.nbytes
+    meta = {"format": "pt"}
+    if len(shards) == 1:
+        save_file(shards[0], os.path.join(directory, "model.safetensors"), metadata=meta)
+    else:
+        weight_map = {}
+        n = len(shards)
+        for j, shard in enumerate(shards, 1):
+            fn = f"model-{j:05d}-of-{n:05d}.safetensors"
+            save_file(shard, os.path.join(directory, fn), metadata=meta)
+            weight_map.update({k: fn for k in shard})
+        total = sum(v.nbytes for v in arrays.values())
+        with open(os.path.join(directory, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)

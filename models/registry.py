@@ -1,0 +1,42 @@
+"""Registry of supported HF ``model_type``s: config parser and tensor-name module per type."""
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Callable
+
+from models.config import ModelConfig, UnsupportedModelError
+from models.gemma import modeling as _gemma
+from models.gemma import params as _gemma_params
+from models.llama import modeling as _llama
+from models.llama import params as _llama_params
+from models.qwen2 import modeling as _qwen2
+from models.qwen2 import params as _qwen2_params
+
+_PARSERS: dict[str, Callable[..., ModelConfig]] = {
+    "llama": _llama.config_from_hf,
+    "qwen2": _qwen2.config_from_hf,
+    "gemma2": _gemma.gemma2_config_from_hf,
+    "gemma3_text": _gemma.gemma3_text_config_from_hf,
+    "gemma3": _gemma.gemma3_config_from_hf,
+}
+_PARAMS: dict[str, ModuleType] = {
+    "llama": _llama_params, "qwen2": _qwen2_params, "gemma2": _gemma_params, "gemma3_text": _gemma_params,
+}
+
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(_PARSERS)
+
+
+def config_from_hf(hf_config: dict, where: str = "config.json") -> ModelConfig:
+    """HF config dict -> ModelConfig; an unknown ``model_type`` is an error listing the supported ones."""
+    if not isinstance(hf_config, dict):
+        raise UnsupportedModelError(f"{where}: expected a JSON object, got {type(hf_config).__name__}")
+    mt = hf_config.get("model_type")
+    if mt not in _PARSERS:
+        raise UnsupportedModelError(f"{where}: unsupported model_type {mt!r} "
+                                    f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
+    return _PARSERS[mt](hf_config, where=where)
+
+
+def params_module(cfg: ModelConfig) -> ModuleType:
+    """The family's ``params`` module (``expected_shapes``, ``canonical_name``) for a parsed config."""
+    return _PARAMS[cfg.model_type]

@@ -1,0 +1,75 @@
+"""Shared test fixtures. torch is a test-only dependency."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+# Tiny HF configs per family (transformers >= 5 config kwargs). sliding_window=8 with sequences of 24 tokens.
+TINY_BASE = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+
+TINY_CONFIGS = {
+    "llama_untied_llama3": ("llama", dict(
+        TINY_BASE, tie_word_embeddings=False, rms_norm_eps=1e-5,
+        rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0,
+                             high_freq_factor=4.0, original_max_position_embeddings=16))),
+    "llama_tied_headdim": ("llama", dict(TINY_BASE, tie_word_embeddings=True, head_dim=32,
+                                         rope_parameters=dict(rope_type="linear", rope_theta=10000.0, factor=2.0))),
+    "qwen2": ("qwen2", dict(TINY_BASE, tie_word_embeddings=False, use_sliding_window=True, sliding_window=8,
+                            max_window_layers=2, rope_parameters=dict(rope_type="default", rope_theta=1e6))),
+    "gemma2": ("gemma2", dict(TINY_BASE, head_dim=16, query_pre_attn_scalar=24, sliding_window=8,
+                              attn_logit_softcapping=5.0, final_logit_softcapping=3.0)),
+    "gemma3_text": ("gemma3_text", dict(
+        TINY_BASE, head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+        rope_parameters={"full_attention": dict(rope_type="linear", factor=4.0, rope_theta=1e6),
+                         "sliding_attention": dict(rope_type="default", rope_theta=1e4)})),
+}
+
+
+def make_torch_model(model_type: str, kwargs: dict, seed: int = 0):
+    """A random transformers CausalLM in float32 with eager attention; every parameter randomised
+    (norm weights too, so (1 + w) and w norms are exercised)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = AutoConfig.for_model(model_type, **kwargs)
+    cfg._attn_implementation = "eager"
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", dtype=torch.float32).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(torch.randn_like(p) * 0.3 + (0.0 if model_type.startswith("gemma") else 1.0))
+            else:
+                p.copy_(torch.randn_like(p) * 0.08)
+    return model
+
+
+def torch_logits(model, ids: np.ndarray) -> np.ndarray:
+    import torch
+    with torch.no_grad():
+        return model(torch.as_tensor(ids, dtype=torch.long)).logits.float().numpy()
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory):
+    """name -> (torch model, local HF dir saved with safetensors) for every entry of TINY_CONFIGS (lazy)."""
+    cache: dict = {}
+
+    def get(name: str):
+        if name not in cache:
+            mt, kw = TINY_CONFIGS[name]
+            model = make_torch_model(mt, kw)
+            d = tmp_path_factory.mktemp(name)
+            model.save_pretrained(d, safe_serialization=True)
+            cache[name] = (model, str(d))
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture
+def rand_ids():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(2, 24)).astype(np.int32)
