@@ -224,6 +224,26 @@ def test_c4_recipe_on_local_c4_format_jsonl(tokenizer, tmp_path, wiki_text):
     np.testing.assert_array_equal(lazy, got)
 
 
+def test_document_rejection_is_strict_and_record_slices(tokenizer, tmp_path, wiki_text):
+    recs = c4_records(wiki_text)
+    docs = [r["text"] for r in recs]
+    lens = [len(ref_tokens(tokenizer, d)) for d in docs]
+    seqlen = sorted(lens)[-5]  # a document with exactly seqlen tokens must be rejected (needs > seqlen)
+    exact = docs[lens.index(seqlen)]
+    longer = [d for d, n in zip(docs, lens) if n > seqlen]
+    mixed = [exact] * 20 + longer
+    path = write_jsonl(tmp_path / "edge.jsonl", [{"text": d} for d in mixed])
+    got = data.calibration_windows(str(path), tokenizer, nsamples=6, seqlen=seqlen, seed=0)
+    np.testing.assert_array_equal(got, ref_c4_windows(mixed, tokenizer, 6, seqlen, 0))
+    # record slices: [a:b] keeps records round(a*n) .. round(b*n)
+    path = write_jsonl(tmp_path / "all.jsonl", recs)
+    n = len(docs)
+    for lo, hi, spec in ((0.0, 0.5, "[:0.5]"), (0.5, 1.0, "[0.5:]"), (0.3, 0.7, "[0.3:0.7]")):
+        part = docs[round(lo * n):round(hi * n)]
+        got = data.calibration_windows(f"{path}{spec}", tokenizer, nsamples=4, seqlen=64, seed=2)
+        np.testing.assert_array_equal(got, ref_c4_windows(part, tokenizer, 4, 64, 2))
+
+
 def test_parquet_and_jsonl_field(tokenizer, tmp_path, wiki_text):
     import pyarrow as pa
     import pyarrow.parquet as pq
