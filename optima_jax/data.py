@@ -37,7 +37,12 @@ Sampling recipes (python `random.Random(seed)`, the same draws as the reference'
 - documents (`c4`, `.jsonl`, `.parquet`): repeat `d = randint(0, D - 1)` until document d has more than L
   tokens, then `i = randint(0, len(d) - L - 1)`. Local document lists with no document longer than L fall
   back to their "\\n\\n"-joined stream (logged).
-Here L = seqlen, or seqlen - 1 with `add_bos=True`, whose windows are [BOS] + L tokens. Text is always
+Here L = seqlen, or seqlen - 1 with `add_bos=True`, whose windows are [BOS] + L tokens. So with
+add_bos=False the windows equal the reference's for a tokenizer that adds no BOS (GPT-2, Qwen), and with
+add_bos=True the random draws (documents, offsets) equal the reference's for a BOS-adding tokenizer
+(LLaMA, Gemma), whose windows differ from ours only in their first token (theirs: BOS only when the
+offset is 0; ours: always BOS). A stream must hold at least nsamples * L + 1 tokens (stricter than the
+reference's L + 1, so that a tiny corpus is not silently resampled); the error says how many it has. Text is always
 tokenized with add_special_tokens=False (documents one by one; long streams in ~1 MiB pieces cut just
 before a blank line), so no special token appears inside a window. Tokenized streams are cached in memory
 per (files, sizes, mtimes, slice, tokenizer).

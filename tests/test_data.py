@@ -75,14 +75,15 @@ def ref_wikitext_windows(tokens: np.ndarray, nsamples: int, seqlen: int, seed: i
     return np.stack(out)
 
 
-def ref_c4_windows(docs: list[str], tokenizer, nsamples: int, seqlen: int, seed: int) -> np.ndarray:
-    """SparseGPT/Wanda get_c4 train loop (tokenizing without special tokens)."""
+def ref_c4_windows(docs: list[str], tokenizer, nsamples: int, seqlen: int, seed: int,
+                   special: bool = False) -> np.ndarray:
+    """SparseGPT/Wanda get_c4 train loop (special=True: the tokenizer's default special tokens, as there)."""
     random.seed(seed)
     out = []
     for _ in range(nsamples):
         while True:
             i = random.randint(0, len(docs) - 1)
-            enc = ref_tokens(tokenizer, docs[i])
+            enc = (np.asarray(tokenizer(docs[i])["input_ids"]) if special else ref_tokens(tokenizer, docs[i]))
             if enc.shape[0] > seqlen:
                 break
         i = random.randint(0, enc.shape[0] - seqlen - 1)
@@ -154,6 +155,24 @@ def test_add_bos_places_bos_first_only(tokenizer, wiki_file):
     assert got.shape == (5, 40)
     assert (got[:, 0] == bos).all() and not (got[:, 1:] == bos).any()
     np.testing.assert_array_equal(got[:, 1:], ref_wikitext_windows(ref_tokens(tokenizer, text), 5, 39, 2))
+
+
+def test_add_bos_shares_the_reference_draws_of_a_bos_tokenizer(tokenizer, tmp_path, wiki_file, wiki_text):
+    """The reference with a BOS-adding tokenizer (our fixture adds <bos> like LLaMA) draws the same
+    documents and offsets; its windows are [BOS]+text only at offset 0, ours always: compare from token 1."""
+    bos = tokenizer.bos_token_id
+    stream = np.asarray(tokenizer(wiki_file.read_text(encoding="utf-8"), verbose=False)["input_ids"])
+    assert stream[0] == bos and (stream[1:] != bos).all()
+    ref = ref_wikitext_windows(stream, 6, 48, 9)
+    got = data.calibration_windows(str(wiki_file), tokenizer, nsamples=6, seqlen=48, seed=9, add_bos=True)
+    np.testing.assert_array_equal(got[:, 1:], ref[:, 1:])
+    recs = c4_records(wiki_text)
+    docs = [r["text"] for r in recs]
+    path = write_jsonl(tmp_path / "c4.jsonl", recs)
+    ref = ref_c4_windows(docs, tokenizer, 8, 80, 0, special=True)
+    got = data.calibration_windows(str(path), tokenizer, nsamples=8, seqlen=80, seed=0, add_bos=True)
+    assert (got[:, 0] == bos).all()
+    np.testing.assert_array_equal(got[:, 1:], ref[:, 1:])
 
 
 def test_chunked_tokenization_equals_whole(tokenizer, sotu_text):
