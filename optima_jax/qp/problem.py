@@ -117,7 +117,7 @@ def _is_zero(Q) -> bool | jax.Array:
         if isinstance(Q, BCOO):
             return bool(Q.nse == 0 or np.all(np.asarray(Q.data) == 0))
         return bool(np.all(np.asarray(to_dense(Q)) == 0))
-    except jax.errors.ConcretizationTypeError:  # traced (e.g. under vmap): decide at run time
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):  # traced (e.g. under vmap): decide at run time
         return False
 
 

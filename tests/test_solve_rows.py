@@ -1,0 +1,207 @@
+"""solve_rows / auto_damp_solve against a float64 NumPy direct solve written here."""
+import glob
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+
+from optima_jax.errors import OptimaError
+from optima_jax.qp import auto_damp_solve, solve_rows
+
+
+def make_layer(n=96, out=40, T=400, seed=0, dead=3):
+    """H from correlated, heavy-scaled activations with outlier and dead channels; Wanda-style 50% mask."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(T, n)) @ (np.eye(n) + 2 * rng.normal(size=(n, n)) / np.sqrt(n))
+    scale = np.exp(rng.normal(size=n))
+    scale[rng.choice(n, 3, replace=False)] *= 30
+    X = X * scale
+    X[:, rng.choice(n, dead, replace=False)] = 0
+    H = (X.T @ X).astype(np.float32)
+    W = (rng.normal(size=(out, n)) * 0.05).astype(np.float32)
+    score = np.abs(W) * np.sqrt(np.diag(H))[None]
+    mask = score > np.median(score, axis=1, keepdims=True)
+    mask[0] = True          # a row with nothing pruned
+    mask[1, : n - 2] = False  # a row keeping almost nothing
+    return H, W, mask
+
+
+def reference(H, W, mask, lam=0.0):
+    """Float64 per-row direct solve; dead channels (diag 0) keep their weight (Δ = 0)."""
+    H = np.asarray(H, np.float64)
+    n = H.shape[0]
+    Hd = H + lam * np.eye(n)
+    dead = np.diag(H) <= 0
+    Wn, obj = np.zeros(W.shape), np.zeros(W.shape[0])
+    for j in range(W.shape[0]):
+        f, s = mask[j] & ~dead, ~mask[j]
+        d = np.zeros(n)
+        d[s] = -W[j, s]
+        if f.any():
+            d[f] = np.linalg.solve(Hd[np.ix_(f, f)], -Hd[np.ix_(f, s)] @ d[s])
+        Wn[j] = np.where(mask[j], W[j] + d, 0.0)
+        obj[j] = 0.5 * d @ H @ d
+    return Wn, obj
+
+
+def row_objective(H, W, W_new):
+    d = np.asarray(W_new, np.float64) - np.asarray(W, np.float64)
+    return 0.5 * np.sum((d @ np.asarray(H, np.float64)) * d, axis=1)
+
+
+def check_close_to_optimum(H, W, mask, res, tol, lam=0.0):
+    """Per-row relative excess of ½Δᵀ(H+λI)Δ over the float64 optimum must stay below tol."""
+    ref_w, _ = reference(H, W, mask, lam)
+    Hd = np.asarray(H, np.float64) + lam * np.eye(H.shape[0])
+    best = row_objective(Hd, W, ref_w)
+    excess = (row_objective(Hd, W, res.weight) - best) / np.maximum(best, 1e-12 * best.max())
+    assert np.all(np.asarray(res.weight)[~mask] == 0.0)
+    assert excess.max() < tol, excess.max()
+    return excess
+
+
+@pytest.fixture(scope="module")
+def layer():
+    return make_layer()
+
+
+def test_exact_matches_float64_optimum(layer):
+    H, W, mask = layer
+    res = solve_rows(H, W, mask, method="exact")
+    check_close_to_optimum(H, W, mask, res, 1e-3)
+    assert np.all(np.asarray(res.converged))
+    # reported objective is ½ΔᵀHΔ of the returned weights
+    np.testing.assert_allclose(np.asarray(res.objective), row_objective(H, W, res.weight), rtol=1e-3, atol=1e-6)
+    # dead channels: kept entries unchanged
+    dead = np.diag(H) <= 0
+    np.testing.assert_array_equal(np.asarray(res.weight)[:, dead][mask[:, dead]], W[:, dead][mask[:, dead]])
+
+
+@pytest.mark.parametrize("damp", [0.01, 0.5])
+def test_exact_damped_matches_float64(layer, damp):
+    H, W, mask = layer
+    lam = damp * float(np.mean(np.diag(H).astype(np.float64)))
+    res = solve_rows(H, W, mask, method="exact", damp=damp)
+    assert res.damp_value == pytest.approx(lam, rel=1e-6)
+    check_close_to_optimum(H, W, mask, res, 1e-4, lam)
+    ref_w, _ = reference(H, W, mask, lam)
+    np.testing.assert_allclose(np.asarray(res.weight), ref_w, atol=1e-4 * np.abs(ref_w).max())
+
+
+def test_rapdhg_tight_tolerance_approaches_optimum(layer):
+    H, W, mask = layer
+    res = solve_rows(H, W, mask, method="rapdhg", eps_abs=1e-6, eps_rel=1e-6)
+    check_close_to_optimum(H, W, mask, res, 1e-3)
+    assert np.all(np.asarray(res.converged))
+
+
+def test_rapdhg_loose_tolerance_rows_stop_on_their_own(layer):
+    H, W, mask = layer
+    res = solve_rows(H, W, mask, method="rapdhg")  # paper defaults: 1e-2
+    its = np.asarray(res.iterations)
+    assert np.all(np.asarray(res.converged))
+    assert np.all(np.asarray(res.weight)[~mask] == 0.0)
+    assert its.min() < its.max()  # per-row termination
+    _, ref_obj = reference(H, W, mask)
+    assert np.all(row_objective(H, W, res.weight) >= ref_obj - 1e-4 * ref_obj.max())
+
+
+def test_batching_by_memory_budget_and_warm_start(layer):
+    H, W, mask = layer
+    full = solve_rows(H, W, mask, method="exact")
+    small = solve_rows(H, W, mask, method="exact", memory_budget_bytes=200_000)  # many small batches + padding
+    np.testing.assert_allclose(np.asarray(small.weight), np.asarray(full.weight), rtol=1e-5, atol=1e-7)
+    ref_w, _ = reference(H, W, mask)
+    warm = solve_rows(H, W, mask, method="rapdhg", eps_abs=1e-6, eps_rel=1e-6, W_init=ref_w.astype(np.float32))
+    cold = solve_rows(H, W, mask, method="rapdhg", eps_abs=1e-6, eps_rel=1e-6)
+    assert np.asarray(warm.iterations).sum() < np.asarray(cold.iterations).sum()
+
+
+def test_bad_inputs_raise_clear_errors(layer):
+    H, W, mask = layer
+    Hbad = H.copy()
+    Hbad[3, 4] = np.nan
+    with pytest.raises(OptimaError, match="H has 1 non-finite.*layers.0.q"):
+        solve_rows(Hbad, W, mask, where="layers.0.q")
+    Wbad = W.copy()
+    Wbad[0, 0] = np.inf
+    with pytest.raises(OptimaError, match="W has 1 non-finite"):
+        solve_rows(H, Wbad, mask)
+    with pytest.raises(OptimaError, match="keep_mask shape"):
+        solve_rows(H, W, mask[:, :-1])
+    with pytest.raises(OptimaError, match="boolean"):
+        solve_rows(H, W, mask.astype(np.float32))
+    with pytest.raises(OptimaError, match="unknown solve method"):
+        solve_rows(H, W, mask, method="cg")
+
+
+def test_singular_hessian_gets_jitter():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(20, 48)).astype(np.float32)  # 20 tokens < 48 inputs: rank-deficient H
+    H = X.T @ X
+    W = rng.normal(size=(8, 48)).astype(np.float32)
+    mask = rng.random((8, 48)) > 0.5
+    res = solve_rows(H, W, mask, method="exact")
+    assert np.all(np.isfinite(np.asarray(res.weight)))
+    # the objective can reach ~0 (H has a 28-dim null space): it must not exceed the mask-only objective
+    assert np.all(np.asarray(res.objective) <= row_objective(H, W, W * mask) + 1e-5)
+
+
+def test_auto_damp_picks_lowest_validation_error():
+    H, W, mask = make_layer(n=64, out=24, T=300, seed=1)
+    Hv, _, _ = make_layer(n=64, out=24, T=300, seed=2)
+    grid = (0.0, 0.01, 0.1, 1.0)
+    out = auto_damp_solve(H, W, mask, Hv, grid)
+    assert out.rows_used == 24
+    errs = []
+    for g in grid:
+        lam = g * float(np.mean(np.diag(H).astype(np.float64)))
+        ref_w, _ = reference(H, W, mask, lam)
+        d = ref_w - W
+        errs.append(float(np.sum((d @ Hv.astype(np.float64)) * d)))
+    np.testing.assert_allclose(out.val_errors, errs, rtol=1e-3)
+    assert out.damp == grid[int(np.argmin(errs))]
+    assert out.val_error == pytest.approx(min(errs), rel=1e-3)
+
+
+LAYERS = sorted(glob.glob("/tmp/optima_layers/*.npz"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not LAYERS, reason="no captured real layers in /tmp/optima_layers")
+@pytest.mark.parametrize("path", LAYERS)
+def test_exact_on_captured_real_layers(path):
+    z = np.load(path)
+    rows = np.arange(0, z["W"].shape[0], max(1, z["W"].shape[0] // 32))
+    H, W, mask = z["H"], z["W"][rows], z["keep_mask"][rows].astype(bool)
+    res = solve_rows(H, W, mask, method="exact")
+    check_close_to_optimum(H, W, mask, res, 1e-3)
+
+
+def test_mesh_of_8_devices_equals_one_device(tmp_path):
+    script = textwrap.dedent("""
+        import os, numpy as np, jax
+        from jax.sharding import Mesh
+        import sys; sys.path.insert(0, %r)
+        from test_solve_rows import make_layer
+        from optima_jax.qp import solve_rows
+        assert len(jax.devices()) == 8
+        H, W, mask = make_layer(n=48, out=21, T=200, seed=4)
+        mesh = Mesh(np.array(jax.devices()), ("rows",))
+        for method, kw in (("exact", {}), ("rapdhg", dict(eps_abs=1e-4, eps_rel=1e-4))):
+            a = solve_rows(H, W, mask, method=method, **kw)
+            b = solve_rows(H, W, mask, method=method, mesh=mesh, axis_name="rows", **kw)
+            np.testing.assert_allclose(np.asarray(a.weight), np.asarray(b.weight), rtol=1e-5, atol=1e-6)
+            np.testing.assert_array_equal(np.asarray(a.converged), np.asarray(b.converged))
+        print("OK")
+    """ % os.path.dirname(__file__))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                            os.environ.get("PYTHONPATH", "")]))
+    p = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0 and "OK" in p.stdout, p.stderr[-3000:]
