@@ -52,7 +52,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.selector_options.mask_file = ""   # for selector=external
 
   # --- weight update ------------------------------------------------------------
-  c.update = "optima"            # optima | none | own (the selector's own update) | adam
+  c.weight_update = "optima"     # optima | none | own (the selector's own update) | adam
   c.solver = ml_collections.ConfigDict()
   c.solver.method = "exact"      # exact | rapdhg (the paper's solver)
   c.solver.eps_abs = 1e-2        # rAPDHG tolerances (paper: 1e-2)
@@ -164,8 +164,8 @@ def validate(cfg) -> None:
   if cfg.selector == "external" and not Path(cfg.selector_options.mask_file).is_file():
     raise OptimaError(f"selector=external needs selector_options.mask_file; not a file: "
                       f"{cfg.selector_options.mask_file!r}")
-  if cfg.update not in UPDATES:
-    raise OptimaError(f"unknown update {cfg.update!r}; available: {', '.join(sorted(UPDATES))}")
+  if cfg.weight_update not in UPDATES:
+    raise OptimaError(f"unknown update {cfg.weight_update!r}; available: {', '.join(sorted(UPDATES))}")
   if cfg.solver.method not in SOLVER_METHODS:
     raise OptimaError(f"solver.method must be one of {SOLVER_METHODS}, got {cfg.solver.method!r}")
   if cfg.solver.damp < 0:

@@ -13,6 +13,7 @@ The engine knows models only through `models.api` and pruners only through `Line
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import resource
 import time
@@ -97,8 +98,33 @@ def peak_host_memory_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _block_apply(graphdef, state, h, positions, capture):
+  return nnx.merge(graphdef, state)(h, positions, capture=capture)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(5,))
+def _accumulate(graphdef, groups, state, h, positions, H_acc):
+  """One micro-batch: block outputs and H_acc[g] + Σ xᵀx (float32) for each input group g."""
+  out, inputs = _block_apply(graphdef, state, h, positions, True)
+  new = {}
+  for g, first in groups:
+    x = inputs[first].astype(jnp.float32)
+    x = x.reshape(-1, x.shape[-1])
+    new[g] = H_acc[g] + jnp.einsum("ti,tj->ij", x, x, precision=jax.lax.Precision.HIGHEST)
+  return out, new
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _forward(graphdef, state, h, positions):
+  return _block_apply(graphdef, state, h, positions, False)
+
+
 class BlockRunner:
-  """Jitted per-block functions: accumulate Hessians of the linear inputs, and plain forward."""
+  """Per-block passes: accumulate Hessians of the linear inputs, and plain forward.
+
+  The jitted functions are keyed by the block's graph definition, so blocks of the same structure
+  (every block but Gemma's sliding/global alternation) share one compilation.
+  """
 
   def __init__(self, model, config, index: int, positions: jax.Array):
     self.model = model
@@ -106,48 +132,31 @@ class BlockRunner:
     self.index = index
     self.positions = positions
     self.groups = api.input_groups(config)        # group -> [linear names sharing one input]
-    fn = api.block_fn(model, index)
-    groups = self.groups
+    self._groups_static = tuple((g, names[0]) for g, names in self.groups.items())
 
-    def accumulate(state, h, H_acc):
-      out, inputs = fn(state, h, positions, True)
-      new = {}
-      for g, names in groups.items():
-        x = inputs[names[0]].astype(jnp.float32)
-        x = x.reshape(-1, x.shape[-1])
-        new[g] = H_acc[g] + jnp.einsum("ti,tj->ij", x, x, precision=jax.lax.Precision.HIGHEST)
-      return out, new
-
-    def forward(state, h):
-      out, _ = fn(state, h, positions, False)
-      return out
-
-    self._accumulate = jax.jit(accumulate, donate_argnums=(2,))
-    self._forward = jax.jit(forward)
-
-  def state(self):
-    return nnx.state(self.model.layers[self.index])
+  def split(self):
+    return nnx.split(self.model.layers[self.index])
 
   def hessians(self, hidden, micro_batch: int, mesh, counter: ForwardCounter | None):
     """Σ xᵀx for every input group over all sequences of `hidden` [n, T, D] -> dict group -> (in, in) f32."""
-    state = self.state()
+    graphdef, state = self.split()
     H = None
     for s in range(0, hidden.shape[0], micro_batch):
       h = _put(hidden[s:s + micro_batch], mesh)
       if H is None:
         dims = {g: api.get_linear(self.model, self.index, names[0]).shape[1] for g, names in self.groups.items()}
         H = {g: jnp.zeros((d, d), jnp.float32) for g, d in dims.items()}
-      _, H = self._accumulate(state, h, H)
+      _, H = _accumulate(graphdef, self._groups_static, state, h, self.positions, H)
       if counter is not None:
         counter.block_passes += 1
         counter.sequences += h.shape[0]
     return H
 
   def forward_all(self, hidden, micro_batch: int, mesh, counter: ForwardCounter | None, on_host: bool):
-    state = self.state()
+    graphdef, state = self.split()
     outs = []
     for s in range(0, hidden.shape[0], micro_batch):
-      out = self._forward(state, _put(hidden[s:s + micro_batch], mesh))
+      out = _forward(graphdef, state, _put(hidden[s:s + micro_batch], mesh), self.positions)
       if counter is not None:
         counter.block_passes += 1
         counter.sequences += out.shape[0]

@@ -158,7 +158,7 @@ def run(cfg) -> dict:
   timings["select_s"] = sum(r["seconds_select"] for r in rows)
   timings["update_s"] = sum(r["seconds_update"] for r in rows)
 
-  params = api.to_params_dict(model)
+  params = models.to_params_dict(model)
   metadata = {"config": cfg_dict, "fingerprint": fingerprint, "hf_config": config.hf_config,
               "model_type": config.model_type, "versions": _versions(), "linears": rows,
               "timings": timings}

@@ -38,10 +38,10 @@ def _safe_ratio(a, b):
 def make_pruner(cfg, rows_mesh=None):
   spec = SparsitySpec.parse(cfg.sparsity)
   selector = get_selector(cfg.selector)
-  update = get_update(cfg.update)
+  update = get_update(cfg.weight_update)
   opts = update_options(cfg, rows_mesh)
   min_conv = float(cfg.solver.min_converged_fraction)
-  judged_update = cfg.update in ("optima", "adam")
+  judged_update = cfg.weight_update in ("optima", "adam")
 
   def prune(task: LinearTask) -> LinearResult:
     W, H, H_val = task.weight, task.stats.H, task.H_val
@@ -85,7 +85,7 @@ def make_pruner(cfg, rows_mesh=None):
         "layer": task.full_name, "block": task.block, "linear": task.name,
         "out_features": int(W.shape[0]), "in_features": int(W.shape[1]),
         "sparsity": float(1.0 - jnp.mean(keep.astype(jnp.float32))),
-        "selector": cfg.selector, "update": cfg.update,
+        "selector": cfg.selector, "update": cfg.weight_update,
         "err_selector": err_sel / norm, "err_update": err_upd / norm,
         "ratio": _safe_ratio(err_upd, err_sel),
         "val_err_selector": None if val_sel is None else val_sel / val_energy,
