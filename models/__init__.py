@@ -5,4 +5,4 @@ from models.config import ModelConfig, RopeSpec  # noqa: F401
 from models.errors import CheckpointError, ModelConfigError, ParamsError, UnsupportedModelError  # noqa: F401
 from models.loading import LoadedModel, load_model, save_hf  # noqa: F401
 from models.registry import SUPPORTED_MODEL_TYPES, config_from_hf  # noqa: F401
-from models.transformer import CausalLM  # noqa: F401
+from models.transformer import CausalLM, forward  # noqa: F401

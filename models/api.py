@@ -1,6 +1,7 @@
 """The block API used by the pruning engine (see docs/architecture.md)."""
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -69,20 +70,25 @@ def set_linear(model: CausalLM, i: int, name: str, W) -> None:
     if tuple(W.shape) != expected:
         raise ParamsError(f"model.layers.{i}.{name}.weight: new weight has shape {tuple(W.shape)}, "
                           f"expected {expected}")
-    lin.weight.value = jnp.asarray(W, dtype=lin.weight[...].dtype)
+    lin.weight[...] = jnp.asarray(W, dtype=lin.weight[...].dtype)
 
 
-def block_fn(model: CausalLM, i: int) -> Callable:
-    """Pure ``fn(block_state, h, positions, capture=False) -> h_out | (h_out, inputs)`` for block ``i``.
-
-    ``block_state = nnx.state(model.layers[i])``. Jit it with ``static_argnames="capture"``
-    (or ``static_argnums=3``).
-    """
-    _check_layer(model.config, i)
-    graphdef, _ = nnx.split(model.layers[i])
-
+@functools.lru_cache(maxsize=64)
+def _jitted_block(graphdef) -> Callable:
     def fn(block_state, h, positions, capture: bool = False):
         layer = nnx.merge(graphdef, block_state)
         return layer(h, positions, capture=capture)
 
-    return fn
+    return jax.jit(fn, static_argnames="capture")
+
+
+def block_fn(model: CausalLM, i: int) -> Callable:
+    """Pure jitted ``fn(block_state, h, positions, capture=False) -> h_out | (h_out, inputs)`` for block ``i``.
+
+    ``block_state = nnx.state(model.layers[i])``; h [B, T, D]; positions int [B|1, T]. ``capture`` is static.
+    Blocks with the same structure (e.g. all sliding layers) share one compiled function. Under jit the
+    ``inputs`` dict comes back key-sorted and q/k/v (gate/up) inputs are equal arrays, not one object.
+    """
+    _check_layer(model.config, i)
+    graphdef, _ = nnx.split(model.layers[i])
+    return _jitted_block(graphdef)

@@ -157,7 +157,7 @@ class DecoderLayer(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, layer_idx: int, dtype):
         eps, p1 = cfg.rms_norm_eps, cfg.norm_plus_one
-        self.layer_idx = layer_idx
+        # no layer index stored: layers of one type share a graphdef, so a jitted block compiles once per type
         self.is_sliding = cfg.layer_types[layer_idx] == SLIDING
         self.input_layernorm = RMSNorm(cfg.hidden_size, eps, p1, dtype)
         self.self_attn = Attention(cfg, layer_idx, dtype)
@@ -255,3 +255,9 @@ class CausalLM(nnx.Module):
         for layer in self.model.layers:
             h = layer(h, positions)
         return self.final_logits(h)
+
+
+@nnx.jit
+def forward(model: CausalLM, ids: jax.Array) -> jax.Array:
+    """Jitted ``model(ids)``: int [B, T] -> float32 logits [B, T, V] (compiled once per model structure/shape)."""
+    return model(ids)
