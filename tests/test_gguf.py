@@ -244,3 +244,13 @@ def test_real_gguf_matches_transformers(source):
     from transformers import AutoTokenizer
     ref_tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     assert tok(text).input_ids == ref_tok(text).input_ids
+    from models.loading.gguf import _load_tokenizer
+    cached = _load_tokenizer(path, None)            # the tokenizer saved in the cache on first load
+    text = Path(os.environ.get("OPTIMA_JAX_DATA_DIR", "/work/shared/data"), "wiki_test.txt")
+    text = text.read_text()[:20000] if text.exists() else text_fallback()
+    assert cached(text).input_ids == ref_tok(text).input_ids
+    assert cached.bos_token_id == ref_tok.bos_token_id and cached.eos_token_id == ref_tok.eos_token_id
+
+
+def text_fallback():
+    return "Tokenizers must agree on punctuation, numbers like 1,234.5 and  double  spaces.\n\nNew paragraph."
