@@ -83,6 +83,25 @@ def run_fingerprint(cfg_dict: dict) -> str:
   return hashlib.sha256(json.dumps(core, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def check_output_dir(out: Path, fingerprint: str, overwrite: bool) -> None:
+  """Refuse (before any work) an output directory that holds something other than this run."""
+  out = Path(out)
+  run_file = out / RUN_FILE
+  if overwrite or not out.exists():
+    return
+  if run_file.exists():
+    try:
+      other = json.loads(run_file.read_text()).get("fingerprint")
+    except (json.JSONDecodeError, OSError):
+      other = None
+    if other != fingerprint:
+      raise OptimaError(f"output directory {out} holds a different run's checkpoint "
+                        f"(fingerprint {other} != {fingerprint}); set --config.overwrite=True to replace it")
+  elif any(out.iterdir()):
+    raise OptimaError(f"output directory {out} is not empty and holds no optima_jax run; "
+                      "choose another --config.output_dir or set --config.overwrite=True")
+
+
 def claim_output_dir(out: Path, fingerprint: str, overwrite: bool, cfg_dict: dict) -> bool:
   """Make `out` this run's directory. Returns True if it already holds this run (resume possible).
 

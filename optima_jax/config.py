@@ -182,6 +182,21 @@ def validate(cfg) -> None:
     raise OptimaError(f"hidden_states_on must be device or host, got {cfg.hidden_states_on!r}")
   if not cfg.output_dir:
     raise OptimaError("output_dir is empty")
+  for key, src in (("calibration.source", cal.source), ("calibration.validation_source", cal.validation_source),
+                   ("eval.source", cfg.eval.source)):
+    if src and src != "holdout":
+      check_source(src, key)
+
+
+def check_source(source: str, key: str) -> None:
+  """Parse a data source and check that its local files/assets exist (hub sources are checked when read)."""
+  from optima_jax import data
+  try:
+    for spec in data.parse_source(source):
+      if spec.kind != "hub":
+        data._local_files(spec)
+  except OptimaError as e:
+    raise OptimaError(f"{key}: {e}") from None
 
 
 def to_dict(cfg) -> dict:

@@ -51,6 +51,7 @@ per (files, sizes, mtimes, slice, tokenizer).
 from __future__ import annotations
 
 import glob as _glob
+import hashlib
 import json
 import logging
 import math
@@ -521,6 +522,14 @@ def tokenize_stream(text: str, tokenizer, *, desc: str = "tokenizing", key=None,
     hit = _cache_get(full_key)
     if hit is not None:
         return hit
+    disk = _disk_cache_path(text, tokenizer) if len(text) >= DISK_CACHE_MIN_CHARS else None
+    if disk is not None and disk.exists():
+        try:
+            tokens = np.load(disk)
+            _cache_put(full_key, tokens)
+            return tokens
+        except (OSError, ValueError):
+            pass  # unreadable cache entry: tokenize again and rewrite it
     from tqdm.auto import tqdm  # noqa: PLC0415
 
     pieces = chunk_text(text, chunk_chars)
@@ -536,7 +545,45 @@ def tokenize_stream(text: str, tokenizer, *, desc: str = "tokenizing", key=None,
     tokens = np.concatenate(ids) if ids else np.zeros((0,), np.int64)
     tokens = _to_int32(tokens, desc)
     _cache_put(full_key, tokens)
+    if disk is not None:
+        _save_atomic(disk, tokens)
     return tokens
+
+
+DISK_CACHE_MIN_CHARS = 1 << 20
+
+
+def _tokenizer_fingerprint(tokenizer) -> str:
+    """Content hash of a fast tokenizer (its full JSON), so a cache entry never outlives a tokenizer change."""
+    fp = getattr(tokenizer, "_optima_fingerprint", None)
+    if fp is None:
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        blob = backend.to_str() if backend is not None else repr(_tokenizer_key(tokenizer))
+        fp = hashlib.sha256(blob.encode()).hexdigest()[:20]
+        try:
+            tokenizer._optima_fingerprint = fp
+        except AttributeError:
+            pass
+    return fp
+
+
+def _disk_cache_path(text: str, tokenizer) -> Path | None:
+    """Where the token ids of a large text are cached: ${OPTIMA_JAX_CACHE:-~/.cache/optima_jax}/tokens/."""
+    if os.environ.get("OPTIMA_JAX_NO_TOKEN_CACHE"):
+        return None
+    root = Path(os.environ.get("OPTIMA_JAX_CACHE", Path.home() / ".cache" / "optima_jax")) / "tokens"
+    h = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:20]
+    return root / f"{h}-{_tokenizer_fingerprint(tokenizer)}.npy"
+
+
+def _save_atomic(path: Path, tokens: np.ndarray) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npy")
+        np.save(tmp, tokens)
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only or full cache is not an error, just slower next time
+        log.warning("could not write the token cache %s: %s", path, exc)
 
 
 def _to_int32(tokens: np.ndarray, where: str) -> np.ndarray:

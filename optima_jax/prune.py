@@ -28,6 +28,14 @@ def family_add_bos(config, tokenizer) -> bool:
   return len(ids) > 0 and ids[0] == tokenizer.bos_token_id
 
 
+def check_finite_params(params: dict, source: str):
+  """Non-finite weights are an error naming the tensor, before any work starts."""
+  import numpy as np
+  for name, w in params.items():
+    if not np.all(np.isfinite(np.asarray(w, dtype=np.float32))):
+      raise OptimaError(f"non-finite values in weight {name} of {source}")
+
+
 def setup_logging(out: Path, main: bool):
   """Console INFO lines plus a structured JSON-lines log in out/log.jsonl."""
   root = logging.getLogger("optima_jax")
@@ -84,9 +92,7 @@ def run(cfg) -> dict:
   sharding.maybe_initialize_distributed(cfg.distributed)
   main = sharding.is_main_process()
   fingerprint = checkpoint.run_fingerprint(cfg_dict)
-  resumable = checkpoint.claim_output_dir(out, fingerprint, cfg.overwrite, cfg_dict)
-  setup_logging(out, main)
-  log.info("run %s -> %s%s", fingerprint, out, " (resuming)" if resumable else "")
+  checkpoint.check_output_dir(out, fingerprint, cfg.overwrite)
   data_mesh, rows_mesh = sharding.make_meshes(cfg.mesh.data, cfg.mesh.rows)
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[cfg.dtype]
   timings: dict[str, float] = {}
@@ -97,6 +103,17 @@ def run(cfg) -> dict:
   config, tokenizer = loaded.config, loaded.tokenizer
   timings["load_s"] = time.perf_counter() - t
   add_bos = family_add_bos(config, tokenizer) if cfg.calibration.add_bos < 0 else bool(cfg.calibration.add_bos)
+  check_finite_params(loaded.params, cfg.model)
+
+  t = time.perf_counter()
+  cal = cfg.calibration
+  ids, val_ids = _calibration(cfg, tokenizer, add_bos)
+  timings["calibration_data_s"] = time.perf_counter() - t
+
+  # Everything that can be checked before work starts has been: only now is the output directory written.
+  resumable = checkpoint.claim_output_dir(out, fingerprint, cfg.overwrite, cfg_dict)
+  setup_logging(out, main)
+  log.info("run %s -> %s%s", fingerprint, out, " (resuming)" if resumable else "")
 
   ppl = {}
   eval_file = out / "eval_dense.json"
@@ -108,10 +125,6 @@ def run(cfg) -> dict:
       checkpoint.atomic_write_text(eval_file, json.dumps({"ppl": ppl["dense"]}))
     log.info("dense perplexity on %s: %.3f", cfg.eval.source, ppl["dense"])
 
-  t = time.perf_counter()
-  cal = cfg.calibration
-  ids, val_ids = _calibration(cfg, tokenizer, add_bos)
-  timings["calibration_data_s"] = time.perf_counter() - t
   log.info("calibration: %d x %d tokens from %s%s", ids.shape[0], ids.shape[1], cal.source,
            f"; validation {val_ids.shape[0]} x {val_ids.shape[1]}" if val_ids is not None else "")
 
