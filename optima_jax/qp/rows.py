@@ -7,7 +7,13 @@ For each output row j of W (out, in) with keep mask m_j (True = kept):
 and the new row is w + Δ with pruned entries set to exactly 0. λ = damp · mean(diag H).
 
 Methods
-  * "exact":  per-row direct solve of the kept sub-system (H + λI)_II z = −(H Δ₀)_I, gathered into a
+  * "exact" (default): batched masked preconditioned CG (`optima_jax.qp.pcg`) in Jacobi-scaled
+    coordinates (Ĥ = S H S, unit diagonal), preconditioned by the masked shared inverse F ⊙ (Ĥ + ρI)⁻¹
+    (ρ = `precond_rho`, default 1e-3; one Cholesky per layer), warm-started from W_init; each row stops on
+    its own relative residual ‖r‖/‖b‖ ≤ rtol (or when it stagnates at the float32 floor, or at the
+    iteration cap), then one refinement pass restarts CG from the true residual. One (B,n)·(n,n) matmul
+    per iteration for the operator and one for the preconditioner.
+  * "direct": per-row direct solve of the kept sub-system (H + λI)_II z = −(H Δ₀)_I, gathered into a
     (B, k, k) batch (k = largest number of free entries in a row, padded with identity), batched
     Cholesky, one step of iterative refinement. Rows are independent, so batching is exact.
   * "rapdhg": the paper's formulation: box-only QP (pruned entries fixed by l = u), solved by our
@@ -16,7 +22,9 @@ Methods
 
 Dead input channels (diag H == 0, e.g. an input that is always zero) carry no signal: their kept
 weights are left unchanged (Δ_i = 0) and excluded from the solve. Singular H (fewer tokens than
-inputs, collinear inputs): if a row's Cholesky fails, it is refactored with a jitter of
+inputs, collinear inputs): "exact" needs nothing special — H = XᵀX makes each row's system
+consistent (the right-hand side lies in the range of H_FF), so CG converges to a minimiser (curvature
+pᵀHp ≤ 0 stops the row); "direct": if a row's Cholesky fails, it is refactored with a jitter of
 1e-6, 1e-5, 1e-4, 1e-3 · mean(diag H) added to the diagonal (the first that succeeds).
 """
 from __future__ import annotations
@@ -30,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optima_jax.errors import OptimaError
+from optima_jax.qp import pcg as _pcg
 from optima_jax.qp.problem import TerminationStatus
 from optima_jax.qp.rapdhg import PdhgConfig, solve_dense
 
@@ -40,10 +49,13 @@ class RowSolveResult(NamedTuple):
     """Result of `solve_rows`.
 
     weight:     float32 (out, in), pruned entries exactly 0.
-    converged:  bool (out,): exact: finite and backward error ≤ rtol; rapdhg: status OPTIMAL.
-    iterations: int32 (out,): exact: 1 + refinement steps; rapdhg: PDHG iterations.
+    converged:  bool (out,): exact: finite and relative residual ≤ rtol; direct: finite and backward
+                error ≤ rtol; rapdhg: status OPTIMAL.
+    iterations: int32 (out,): exact: CG iterations (both passes); direct: 1 + refinement steps;
+                rapdhg: PDHG iterations.
     objective:  float32 (out,): ½ ΔᵀHΔ with the *undamped* H (Δ = weight − W).
-    residual:   float32 (out,): exact: normwise backward error of the kept sub-system;
+    residual:   float32 (out,): exact: true relative residual ‖(Ĥy)_F‖/‖b‖ in scaled coordinates;
+                direct: normwise backward error of the kept sub-system;
                 rapdhg: max(relative primal residual, relative dual residual, relative gap).
     damp_value: λ actually added to the diagonal (absolute units of H).
     """
@@ -129,6 +141,22 @@ def _exact_batch(Hd, mean_diag, W, free, fixed_delta, idx, valid):
     return delta, berr, jnp.full((B,), 2, jnp.int32), ok
 
 
+def _pcg_batch(Hs, s, Pinv, max_iter, rtol, W, free, fixed_delta, y0):
+    """Masked PCG for B rows (see `optima_jax.qp.pcg`): scaled Hs, s, preconditioner Pinv (n,n) shared."""
+    del W
+    y, it1, _ = _pcg.pcg(Hs, y0, free, rtol=rtol, max_iter=max_iter, precond=Pinv)
+    y, it2, _ = _pcg.pcg(Hs, y, free, rtol=rtol, max_iter=max_iter, precond=Pinv)   # refinement restart
+    f = free.astype(y.dtype)
+    b = -_pcg._mm(y * (1.0 - f), Hs) * f
+    r = -_pcg._mm(y, Hs) * f
+    nrm = lambda v: jnp.sqrt(jnp.sum(v * v, axis=1))
+    bn, rn = nrm(b), nrm(r)
+    res = jnp.where(bn > 0, rn / jnp.where(bn > 0, bn, 1.0), jnp.where(rn > 0, 1.0, 0.0))
+    delta = jnp.where(free, y * s[None, :], fixed_delta)
+    ok = jnp.all(jnp.isfinite(delta), axis=1)
+    return delta, res, it1 + it2, ok
+
+
 def _rapdhg_batch(Hd, cfg: PdhgConfig, W, free, fixed_delta, x0):
     """rAPDHG for B rows sharing Hd. Bounds: l = u = fixed value on non-free entries, ±inf on free ones."""
     n = Hd.shape[0]
@@ -149,20 +177,24 @@ def _rapdhg_batch(Hd, cfg: PdhgConfig, W, free, fixed_delta, x0):
 
 
 @partial(jax.jit, static_argnames=("method", "cfg", "bs", "mesh", "axis_name"))
-def _solve_all(Hd, H, mean_diag, W, free, fixed_delta, extra, *, method, cfg, bs, mesh, axis_name):
-    """Solve all (padded) rows; `extra` = (idx, valid) for exact, (x0,) for rapdhg."""
+def _solve_all(Hd, H, mean_diag, W, free, fixed_delta, extra, pcg_args=(), *, method, cfg, bs, mesh,
+               axis_name):
+    """Solve all (padded) rows; `extra` = (idx, valid) for direct, (x0,) for rapdhg, (y0,) for exact
+    (y0 in scaled coordinates); pcg_args = (Hs, s, Pinv, max_iter, rtol) for exact (replicated)."""
 
-    def local(Hd, H, mean_diag, W, free, fixed_delta, *extra):
+    def local(Hd, H, mean_diag, pcg_args, W, free, fixed_delta, *extra):
         R = W.shape[0]
         nb = R // bs
 
         def batch(args):
             Wb, fb, db, *eb = args
             if method == "exact":
+                d, res, its, ok = _pcg_batch(*pcg_args, Wb, fb, db, *eb)
+            elif method == "direct":
                 d, res, its, ok = _exact_batch(Hd, mean_diag, Wb, fb, db, *eb)
             else:
                 d, res, its, ok = _rapdhg_batch(Hd, cfg, Wb, fb, db, *eb)
-            obj = 0.5 * jnp.sum((d @ H) * d, axis=1)
+            obj = 0.5 * jnp.sum(jnp.matmul(d, H, precision=_pcg.HI) * d, axis=1)
             return d, res, its, ok, obj
 
         resh = lambda t: t.reshape((nb, bs) + t.shape[1:])
@@ -170,13 +202,26 @@ def _solve_all(Hd, H, mean_diag, W, free, fixed_delta, extra, *, method, cfg, bs
         return tuple(o.reshape((R,) + o.shape[2:]) for o in outs)
 
     if mesh is None:
-        return local(Hd, H, mean_diag, W, free, fixed_delta, *extra)
+        return local(Hd, H, mean_diag, pcg_args, W, free, fixed_delta, *extra)
     from jax.sharding import PartitionSpec as P
 
     row = P(axis_name)
-    specs = (P(), P(), P(), row, row, row) + (row,) * len(extra)
+    specs = (P(), P(), P(), jax.tree_util.tree_map(lambda _: P(), pcg_args), row, row, row) + (row,) * len(extra)
     f = _shard_map(local, mesh, specs, (row,) * 5)
-    return f(Hd, H, mean_diag, W, free, fixed_delta, *extra)
+    return f(Hd, H, mean_diag, pcg_args, W, free, fixed_delta, *extra)
+
+
+@partial(jax.jit, static_argnames=("preconditioner",))
+def _pcg_setup(Hd, dead, rho, *, preconditioner):
+    """Scaled Hessian Ĥ, scale s and the shared preconditioner ((Ĥ+ρI)⁻¹ via Cholesky, or None)."""
+    Hs, s = _pcg.scale_hessian(Hd, dead)
+    if preconditioner == "jacobi":
+        return Hs, s, None
+    n = Hs.shape[0]
+    A = Hs + rho * jnp.eye(n, dtype=Hs.dtype)
+    L = jnp.linalg.cholesky(A)
+    Pinv = jax.scipy.linalg.cho_solve((L, True), jnp.eye(n, dtype=Hs.dtype))
+    return Hs, s, 0.5 * (Pinv + Pinv.T)
 
 
 def _shard_map(fn, mesh, in_specs, out_specs):
@@ -204,21 +249,34 @@ def solve_rows(
     axis_name: str = "rows",
     rtol: float = 1e-4,
     where: str = "",
+    preconditioner: str = "inverse",
+    precond_rho: float = 1e-3,
 ) -> RowSolveResult:
     """OPTIMA's per-row weight update for one linear layer (see module docstring).
 
     H: (in, in) Σ xᵀx; W: (out, in) dense weights; keep_mask: bool (out, in), True = kept.
-    method: "exact" (direct per-row solve) or "rapdhg" (the paper's raPDHG, eps_abs/eps_rel/iteration_limit).
+    method: "exact" (batched masked PCG, the default), "direct" (per-row Cholesky of the kept sub-system,
+        O(k³) per row) or "rapdhg" (the paper's raPDHG, eps_abs/eps_rel/iteration_limit).
     damp: ridge added as damp · mean(diag H) to the diagonal (every method).
-    W_init: (out, in) starting weights for rapdhg (e.g. the selector's); pruned entries are ignored.
+    W_init: (out, in) starting weights for exact and rapdhg (e.g. the selector's); pruned entries are ignored.
     memory_budget_bytes: rows are solved in batches sized so one batch's work arrays fit this budget.
     mesh/axis_name: if a Mesh is given, row batches are split over its `axis_name` axis with shard_map.
-    rtol: bound on the exact solver's backward error for `converged`.
+    rtol: exact: per-row stop on the relative residual (scaled coordinates); direct: bound on the backward
+        error for `converged`.
     where: a name (e.g. the layer) used in error messages.
+    preconditioner: exact only: "inverse" (masked shared (Ĥ+ρI)⁻¹, default) or "jacobi".
+    precond_rho: ρ of the inverse preconditioner, relative to Ĥ's unit diagonal.
+    iteration_limit: also caps exact's CG iterations per pass (at most min(iteration_limit, 4·in + 100)).
     """
     _validate(H, W, keep_mask, where)
-    if method not in ("exact", "rapdhg"):
-        raise OptimaError(f"unknown solve method {method!r}: use 'exact' or 'rapdhg'" + (f" ({where})" if where else ""))
+    if method not in ("exact", "direct", "rapdhg"):
+        raise OptimaError(f"unknown solve method {method!r}: use 'exact', 'direct' or 'rapdhg'"
+                          + (f" ({where})" if where else ""))
+    if preconditioner not in ("inverse", "jacobi"):
+        raise OptimaError(f"unknown preconditioner {preconditioner!r}: use 'inverse' or 'jacobi'"
+                          + (f" ({where})" if where else ""))
+    if not (precond_rho > 0 and math.isfinite(precond_rho)):
+        raise OptimaError(f"precond_rho must be a finite number > 0, got {precond_rho}" + (f" ({where})" if where else ""))
     if damp < 0 or not math.isfinite(damp):
         raise OptimaError(f"damp must be a finite number ≥ 0, got {damp}" + (f" ({where})" if where else ""))
     Hn = np.asarray(H, np.float32)
@@ -237,9 +295,12 @@ def solve_rows(
     Hd = Hn + np.float32(lam) * np.eye(n, dtype=np.float32)
 
     ndev = 1 if mesh is None else int(mesh.shape[axis_name])
-    if method == "exact":
+    if method == "direct":
         k = max(int(free.sum(1).max()) if R else 1, 1)
         per_row = 4 * (3 * k * k + 10 * n)
+    elif method == "exact":
+        k = 0
+        per_row = 4 * 16 * n
     else:
         k = 0
         per_row = 4 * 48 * n
@@ -253,11 +314,21 @@ def solve_rows(
         return np.concatenate([a, np.full((pad,) + a.shape[1:], val, a.dtype)]) if pad else a
 
     Wp, fp, dp = padr(Wn, 0.0), padr(free, False), padr(fixed_delta, 0.0)
+    pcg_args = ()
+    cfg = None
     if method == "exact":
+        Hs, s, Pinv = _pcg_setup(jnp.asarray(Hd), jnp.asarray(dead), jnp.float32(precond_rho),
+                                 preconditioner=preconditioner)
+        x0 = np.zeros_like(Wp) if W_init is None else padr(np.asarray(W_init, np.float32) - Wn, 0.0)
+        x0 = np.where(fp, x0, dp).astype(np.float32)
+        y0 = jnp.asarray(x0) / s[None, :]
+        max_iter = int(min(iteration_limit, 4 * n + 100))
+        pcg_args = (Hs, s, Pinv, jnp.int32(max_iter), jnp.float32(rtol))
+        extra = (y0,)
+    elif method == "direct":
         order = np.argsort(~fp, axis=1, kind="stable")[:, :k]          # free indices first, in order
         valid = np.take_along_axis(fp, order, axis=1)
         extra = (jnp.asarray(order.astype(np.int32)), jnp.asarray(valid))
-        cfg = None
     else:
         x0 = np.zeros_like(Wp) if W_init is None else padr(np.asarray(W_init, np.float32) - Wn, 0.0)
         x0 = np.where(fp, x0, dp).astype(np.float32)
@@ -265,10 +336,10 @@ def solve_rows(
         cfg = PdhgConfig(eps_abs=float(eps_abs), eps_rel=float(eps_rel), iteration_limit=int(iteration_limit))
     delta, res, its, ok, obj = _solve_all(
         jnp.asarray(Hd), jnp.asarray(Hn), jnp.float32(mean_diag), jnp.asarray(Wp), jnp.asarray(fp),
-        jnp.asarray(dp), extra, method=method, cfg=cfg, bs=bs, mesh=mesh, axis_name=axis_name)
+        jnp.asarray(dp), extra, pcg_args, method=method, cfg=cfg, bs=bs, mesh=mesh, axis_name=axis_name)
     delta, res, its, ok, obj = (t[:R] for t in (delta, res, its, ok, obj))
     weight = jnp.where(jnp.asarray(mask), jnp.asarray(Wn) + delta, 0.0)
-    converged = ok & (res <= rtol) if method == "exact" else ok
+    converged = ok & (res <= rtol) if method in ("exact", "direct") else ok
     return RowSolveResult(weight=weight, converged=converged, iterations=its, objective=obj, residual=res,
                           damp_value=lam)
 
