@@ -84,7 +84,7 @@ def run(cfg) -> dict:
   from optima_jax import checkpoint, data, report, sharding
   from optima_jax.engine import run_sequential
   from optima_jax.pruner import make_pruner
-  from optima_jax.sparsity import select_linears
+  from optima_jax.sparsity import SparsitySpec, select_linears
 
   t_start = time.perf_counter()
   cfg_dict = cfg.to_dict()
@@ -104,6 +104,10 @@ def run(cfg) -> dict:
   timings["load_s"] = time.perf_counter() - t
   add_bos = family_add_bos(config, tokenizer) if cfg.calibration.add_bos < 0 else bool(cfg.calibration.add_bos)
   check_finite_params(loaded.params, cfg.model)
+  scope = set(select_linears(api.linear_names(config), cfg.prune_scope))
+  spec = SparsitySpec.parse(cfg.sparsity)
+  for name in sorted(scope):
+    spec.validate_for(int(api.get_linear(model, 0, name).shape[1]), where=f"model.layers.*.{name}")
 
   t = time.perf_counter()
   cal = cfg.calibration
@@ -145,7 +149,6 @@ def run(cfg) -> dict:
       if val_ids is None:
         hidden_val = None
 
-  scope = set(select_linears(api.linear_names(config), cfg.prune_scope))
   block_times = {"hessians_s": 0.0, "prune_s": 0.0, "forward_s": 0.0}
 
   def on_block_done(done):

@@ -170,3 +170,56 @@ def test_refuses_other_runs_output_dir(ckpts, tmp_path):
   r = run_cli(*cli_args(ckpts["llama"], out, "--config.sparsity=0.6"), check=False)
   assert r.returncode == 2 and "different run" in r.stderr
   assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+def _bad_model_dirs(tmp_path, good):
+  """Model sources that must be refused, with the words the one-line error must contain."""
+  import shutil
+  from safetensors.numpy import load_file, save_file
+  cases = {}
+  cases["missing"] = (tmp_path / "does_not_exist", "does_not_exist")
+  empty = tmp_path / "not_a_model"
+  empty.mkdir()
+  (empty / "README.txt").write_text("not a model")
+  cases["no_config"] = (empty, "config.json")
+  arch = tmp_path / "bert"
+  shutil.copytree(good, arch)
+  cfg = json.loads((arch / "config.json").read_text())
+  cfg["model_type"] = "bert"
+  (arch / "config.json").write_text(json.dumps(cfg))
+  cases["unsupported"] = (arch, "bert")
+  nan = tmp_path / "nan"
+  shutil.copytree(good, nan)
+  t = load_file(str(nan / "model.safetensors"))
+  t["model.layers.1.mlp.up_proj.weight"][0, 0] = np.nan
+  save_file(t, str(nan / "model.safetensors"), metadata={"format": "pt"})
+  cases["non_finite"] = (nan, "model.layers.1.mlp.up_proj.weight")
+  trunc = tmp_path / "trunc"
+  shutil.copytree(good, trunc)
+  data = (trunc / "model.safetensors").read_bytes()
+  (trunc / "model.safetensors").write_bytes(data[: len(data) // 2])
+  cases["truncated"] = (trunc, "model.safetensors")
+  return cases
+
+
+@pytest.mark.parametrize("case", ["missing", "no_config", "unsupported", "non_finite", "truncated"])
+def test_bad_models_give_one_line_errors_and_write_nothing(ckpts, tmp_path, case):
+  model, needle = _bad_model_dirs(tmp_path, ckpts["llama"])[case]
+  out = tmp_path / "out"
+  r = run_cli(*cli_args(model, out), check=False)
+  lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+  assert r.returncode == 2, r.stderr[-2000:]
+  assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], r.stderr[-2000:]
+  assert not out.exists()
+
+
+def test_short_corpus_and_bad_nm_are_refused(ckpts, tmp_path):
+  short = tmp_path / "short.txt"
+  short.write_text("Only a few words of text here.\n")
+  out = tmp_path / "out"
+  r = run_cli(*cli_args(ckpts["llama"], out, f"--config.calibration.source={short}"), check=False)
+  assert r.returncode == 2 and "short.txt" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+  assert not out.exists()
+  # hidden size 64, intermediate 128: M=3 does not divide in_features
+  r = run_cli(*cli_args(ckpts["llama"], out, "--config.sparsity=1:3"), check=False)
+  assert r.returncode == 2 and "divisible" in r.stderr, r.stderr[-2000:]
