@@ -27,8 +27,8 @@ def update_options(cfg, rows_mesh=None) -> dict:
 
 def selector_options(cfg, task: LinearTask) -> dict:
   if cfg.selector == "external":
-    return dict(mask_file=cfg.selector_options.mask_file, name=task.full_name)
-  return {}
+    return dict(path=cfg.selector_options.mask_file, name=task.full_name, where=task.full_name)
+  return dict(where=task.full_name)
 
 
 def _safe_ratio(a, b):
