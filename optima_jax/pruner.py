@@ -52,7 +52,7 @@ def make_pruner(cfg, rows_mesh=None):
     W_sel = jnp.where(keep, sel.weight, 0.0)
     W_sel.block_until_ready()
     t1 = time.perf_counter()
-    upd = update(W, sel, task.stats, H_val, **opts)
+    upd = update(W, sel, task.stats, H_val, where=task.full_name, **opts)
     W_upd = jnp.where(keep, upd.weight, 0.0)
     W_upd.block_until_ready()
     t2 = time.perf_counter()

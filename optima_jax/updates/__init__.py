@@ -60,13 +60,14 @@ def update_own(W, selection, stats, H_val=None, **_):
 @register_update("optima")
 def update_optima(W, selection, stats, H_val=None, *, method="exact", damp=0.0, auto_damp=False,
                   auto_damp_grid=(0.0, 0.01, 0.1, 1.0), eps_abs=1e-2, eps_rel=1e-2,
-                  iteration_limit=100_000, rtol=1e-6, memory_budget_bytes=2 << 30, mesh=None, **_):
+                  iteration_limit=100_000, rtol=1e-4, memory_budget_bytes=2 << 30, mesh=None, where="layer",
+                  **_):
   """OPTIMA: per row, minimise ½ΔᵀHΔ with Δ_i = −w_i on pruned entries (H damped by damp·mean diag H)."""
   from optima_jax import qp
 
   kw = dict(method=method, eps_abs=eps_abs, eps_rel=eps_rel, iteration_limit=iteration_limit,
             W_init=jnp.where(selection.keep_mask, selection.weight, 0.0),
-            memory_budget_bytes=memory_budget_bytes, mesh=mesh, rtol=rtol)
+            memory_budget_bytes=memory_budget_bytes, mesh=mesh, rtol=rtol, where=where)
   info = {}
   if auto_damp:
     if H_val is None:
