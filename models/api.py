@@ -10,35 +10,41 @@ from flax import nnx
 
 from models.config import ModelConfig
 from models.errors import ParamsError
-from models.hf_names import LINEAR_NAMES, block_shapes, linear_shapes
+from models.registry import block_layout
 from models.transformer import CausalLM
 
-_GROUPS = {
-    "attn_in": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
-    "attn_out": ["self_attn.o_proj"],
-    "mlp_in": ["mlp.gate_proj", "mlp.up_proj"],
-    "mlp_out": ["mlp.down_proj"],
-}
+
+def linear_names(config: ModelConfig | None) -> list[str]:
+    """Prunable linears of a block, in execution order (``None``: the core decoder's)."""
+    return list(block_layout(config).LINEAR_NAMES)
 
 
-def linear_names(config: ModelConfig) -> list[str]:
-    """Prunable linears of a block, in execution order."""
-    return list(LINEAR_NAMES)
-
-
-def input_groups(config: ModelConfig) -> dict[str, list[str]]:
+def input_groups(config: ModelConfig | None) -> dict[str, list[str]]:
     """Group name -> linears that read the same input array (one Hessian per group)."""
-    return {k: list(v) for k, v in _GROUPS.items()}
+    return {k: list(v) for k, v in block_layout(config).INPUT_GROUPS.items()}
+
+
+def layer_prefix(config: ModelConfig, i: int) -> str:
+    """HF name prefix of block ``i``'s tensors: ``model.layers.{i}.`` (OPT: ``model.decoder.layers.{i}.``)."""
+    return block_layout(config).layer_prefix(i)
+
+
+def weight_name(config: ModelConfig, i: int, name: str) -> str:
+    """The HF tensor name of linear ``name``'s weight in block ``i``, e.g. ``model.layers.3.mlp.down_proj.weight``
+    or, for OPT, ``model.decoder.layers.3.fc2.weight``."""
+    return f"{layer_prefix(config, i)}{name}.weight"
 
 
 def block_params(params: dict, config: ModelConfig, i: int) -> dict:
     """Block ``i``'s tensors from a flat HF params dict: linear name -> W (out, in), plus every other tensor of the
     block under its suffix (``input_layernorm.weight``, ``self_attn.q_proj.bias``...)."""
     _check_layer(config, i)
-    prefix = f"model.layers.{i}."
-    out = {name: params[f"{prefix}{name}.weight"] for name in LINEAR_NAMES}
-    for suffix in block_shapes(config):
-        if not any(suffix == f"{n}.weight" for n in LINEAR_NAMES):
+    layout = block_layout(config)
+    prefix = layout.layer_prefix(i)
+    names = layout.LINEAR_NAMES
+    out = {name: params[f"{prefix}{name}.weight"] for name in names}
+    for suffix in layout.block_shapes(config):
+        if not any(suffix == f"{n}.weight" for n in names):
             out[suffix] = params[prefix + suffix]
     return out
 
@@ -50,8 +56,10 @@ def _check_layer(config: ModelConfig, i: int) -> None:
 
 def _linear(model: CausalLM, i: int, name: str):
     _check_layer(model.config, i)
-    if name not in LINEAR_NAMES:
-        raise ParamsError(f"model.layers.{i}: unknown linear {name!r} (known: {', '.join(LINEAR_NAMES)})")
+    names = block_layout(model.config).LINEAR_NAMES
+    if name not in names:
+        raise ParamsError(f"{layer_prefix(model.config, i).rstrip('.')}: unknown linear {name!r} "
+                          f"(known: {', '.join(names)})")
     mod = model.layers[i]
     for part in name.split("."):
         mod = getattr(mod, part)
@@ -66,9 +74,9 @@ def get_linear(model: CausalLM, i: int, name: str) -> jax.Array:
 def set_linear(model: CausalLM, i: int, name: str, W) -> None:
     """Replace W (out, in) of linear ``name`` in block ``i`` in place (cast to the model's dtype)."""
     lin = _linear(model, i, name)
-    expected = linear_shapes(model.config)[name]
+    expected = block_layout(model.config).linear_shapes(model.config)[name]
     if tuple(W.shape) != expected:
-        raise ParamsError(f"model.layers.{i}.{name}.weight: new weight has shape {tuple(W.shape)}, "
+        raise ParamsError(f"{weight_name(model.config, i, name)}: new weight has shape {tuple(W.shape)}, "
                           f"expected {expected}")
     lin.weight[...] = jnp.asarray(W, dtype=lin.weight[...].dtype)
 

@@ -73,7 +73,7 @@ class ModelConfig:
     ``hf_config`` is the original HF dict (for export); it is excluded from equality and hashing.
     """
 
-    model_type: str                     # HF model_type of the text model ("llama", "qwen2", "gemma2", "gemma3_text")
+    model_type: str                     # HF model_type of the text model ("llama", "qwen2", "gemma2", "gemma3_text", "opt")
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -98,11 +98,20 @@ class ModelConfig:
     attn_scale: float = 1.0             # multiplier of q·k
     attn_logit_softcap: float | None = None
     final_logit_softcap: float | None = None
+    # OPT-style decoders (learned absolute positions, LayerNorm with bias, optional post-norm and projections);
+    # the rotary/RMSNorm families leave these at their defaults.
+    learned_positions: int = 0          # rows of a learned position table (max positions + offset); 0: rotary
+    position_offset: int = 0            # OPT: table index = position + 2
+    pre_norm: bool = True               # OPT ``do_layer_norm_before``; False: post-norm blocks
+    final_norm: bool = True             # a final norm before the LM head
+    norm_affine: bool = True            # OPT ``layer_norm_elementwise_affine``
+    embed_dim: int | None = None        # OPT ``word_embed_proj_dim`` when != hidden_size (project_in / project_out)
     hf_config: dict = dataclasses.field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
     def family(self) -> str:
-        return {"llama": "llama", "qwen2": "qwen2", "gemma2": "gemma", "gemma3_text": "gemma"}[self.model_type]
+        return {"llama": "llama", "qwen2": "qwen2", "gemma2": "gemma", "gemma3_text": "gemma",
+                "opt": "opt"}[self.model_type]
 
     def rope_for(self, layer_idx: int) -> RopeSpec:
         return self.rope_sliding if self.layer_types[layer_idx] == SLIDING else self.rope_full
@@ -192,6 +201,6 @@ def check_positive(cfg: ModelConfig, where: str) -> ModelConfig:
         raise ModelConfigError(f"{where}: unknown layer type {bad[0]!r} in layer_types")
     if SLIDING in cfg.layer_types and not cfg.sliding_window:
         raise ModelConfigError(f"{where}: sliding_attention layers need a positive sliding_window")
-    if cfg.head_dim % 2:
+    if cfg.head_dim % 2 and not cfg.learned_positions:
         raise ModelConfigError(f"{where}: head_dim={cfg.head_dim} must be even for rotary embeddings")
     return cfg

@@ -5,6 +5,18 @@ from models.config import ModelConfig
 
 LINEAR_NAMES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+# group -> linears that read the same input array (one Hessian per group)
+INPUT_GROUPS = {
+    "attn_in": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "attn_out": ("self_attn.o_proj",),
+    "mlp_in": ("mlp.gate_proj", "mlp.up_proj"),
+    "mlp_out": ("mlp.down_proj",),
+}
+
+
+def layer_prefix(i: int) -> str:
+    """HF name prefix of block ``i``'s tensors."""
+    return f"model.layers.{i}."
 
 
 def linear_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:

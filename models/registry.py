@@ -9,6 +9,8 @@ from models.gemma import modeling as _gemma
 from models.gemma import params as _gemma_params
 from models.llama import modeling as _llama
 from models.llama import params as _llama_params
+from models.opt import modeling as _opt
+from models.opt import params as _opt_params
 from models.qwen2 import modeling as _qwen2
 from models.qwen2 import params as _qwen2_params
 
@@ -18,10 +20,17 @@ _PARSERS: dict[str, Callable[..., ModelConfig]] = {
     "gemma2": _gemma.gemma2_config_from_hf,
     "gemma3_text": _gemma.gemma3_text_config_from_hf,
     "gemma3": _gemma.gemma3_config_from_hf,
+    "opt": _opt.config_from_hf,
 }
 _PARAMS: dict[str, ModuleType] = {
     "llama": _llama_params, "qwen2": _qwen2_params, "gemma2": _gemma_params, "gemma3_text": _gemma_params,
+    "opt": _opt_params,
 }
+# Families whose blocks differ from the core decoder: model_type -> (backbone class, block layout module with
+# LINEAR_NAMES, INPUT_GROUPS, layer_prefix, linear_shapes, block_shapes). Others use models.transformer.Backbone
+# and models.hf_names.
+_BACKBONES: dict[str, type] = {"opt": _opt.OPTModel}
+_LAYOUTS: dict[str, ModuleType] = {"opt": _opt_params}
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(_PARSERS)
 
@@ -40,3 +49,17 @@ def config_from_hf(hf_config: dict, where: str = "config.json") -> ModelConfig:
 def params_module(cfg: ModelConfig) -> ModuleType:
     """The family's ``params`` module (``expected_shapes``, ``canonical_name``) for a parsed config."""
     return _PARAMS[cfg.model_type]
+
+
+def backbone_class(cfg: ModelConfig) -> type:
+    """The nnx module class of HF's ``model.`` subtree for this config."""
+    from models.transformer import Backbone
+    return _BACKBONES.get(cfg.model_type, Backbone)
+
+
+def block_layout(cfg: ModelConfig | None) -> ModuleType:
+    """Block tensor layout (linear names, input groups, name prefix, shapes) for this config (None: the core's)."""
+    from models import hf_names
+    if cfg is None:
+        return hf_names
+    return _LAYOUTS.get(cfg.model_type, hf_names)

@@ -94,6 +94,27 @@ def attention_mask(t: int, window: int | None) -> jax.Array:
     return m
 
 
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, scale: float | None, softcap: float | None = None,
+           window: int | None = None) -> jax.Array:
+    """Causal softmax attention. q [B, T, H, hd], k/v [B, T, KV, hd] -> [B, T, H * hd].
+
+    Scores ``q·k * scale`` in the compute dtype (``scale=None``: q is already scaled), optional soft-capping,
+    softmax in float32. Query head ``kv_head * (H // KV) + g`` reads kv head ``kv_head``, as HF ``repeat_kv``.
+    """
+    b, t, h, hd = q.shape
+    kv = k.shape[2]
+    q = q.reshape(b, t, kv, h // kv, hd)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k)
+    if scale is not None:
+        scores = scores * jnp.asarray(scale, q.dtype)
+    if softcap is not None:
+        scores = jnp.tanh(scores / softcap) * softcap
+    scores = scores.astype(jnp.float32)
+    scores = jnp.where(attention_mask(t, window), scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h * hd)
+
+
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int, dtype):
         d, h, kv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -124,14 +145,7 @@ class Attention(nnx.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = rope_cos_sin(np.asarray(self.inv_freq, np.float32), positions, q.dtype)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        q = q.reshape(b, t, kv, h // kv, hd)                     # head index = kv_head * groups + g, as HF repeat_kv
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k) * jnp.asarray(self.scale, q.dtype)
-        if self.softcap is not None:
-            scores = jnp.tanh(scores / self.softcap) * self.softcap
-        scores = scores.astype(jnp.float32)
-        scores = jnp.where(attention_mask(t, self.window), scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h * hd)
+        out = attend(q, k, v, self.scale, self.softcap, self.window)
         if inputs is not None:
             inputs["self_attn.o_proj"] = out
         return self.o_proj(out)
@@ -206,12 +220,41 @@ class Embedding(nnx.Module):
 
 
 class Backbone(nnx.Module):
-    """HF's ``model.`` prefix: embed_tokens, layers, norm."""
+    """HF's ``model.`` prefix: embed_tokens, layers, norm.
+
+    The interface :class:`CausalLM` uses (other families' backbones, e.g. OPT's, provide the same):
+    ``layers``, ``embed(ids, positions)``, ``head_input(h)``, ``input_embeddings()``, ``head_features``.
+    """
 
     def __init__(self, cfg: ModelConfig, dtype):
         self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size, dtype)
         self.layers = nnx.List([DecoderLayer(cfg, i, dtype) for i in range(cfg.num_layers)])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_plus_one, dtype)
+        self.embed_scale = math.sqrt(cfg.hidden_size) if cfg.embed_scale else None
+        self.head_features = cfg.hidden_size
+        self.dtype = jnp.dtype(dtype)
+
+    def embed(self, ids: jax.Array, positions: jax.Array | None = None) -> jax.Array:
+        """ids int [B, T] -> h [B, T, D] (times sqrt(D) for Gemma, in the compute dtype); rotary models ignore
+        ``positions`` here (the layers apply them)."""
+        h = jnp.take(self.embed_tokens.weight[...], ids, axis=0)
+        if self.embed_scale is not None:
+            h = h * jnp.asarray(self.embed_scale, self.dtype)
+        return h
+
+    def head_input(self, h: jax.Array) -> jax.Array:
+        """h [B, T, D] -> the LM head's input [B, T, D] (final norm)."""
+        return self.norm(h)
+
+    def input_embeddings(self) -> jax.Array:
+        """The token embedding table [V, D] (the LM head when embeddings are tied)."""
+        return self.embed_tokens.weight[...]
+
+
+def make_backbone(cfg: ModelConfig, dtype) -> nnx.Module:
+    """The family's backbone module (HF's ``model.`` subtree) for ``cfg``."""
+    from models.registry import backbone_class   # lazy: family modules import this module
+    return backbone_class(cfg)(cfg, dtype)
 
 
 class CausalLM(nnx.Module):
@@ -220,25 +263,24 @@ class CausalLM(nnx.Module):
     def __init__(self, cfg: ModelConfig, dtype=jnp.float32):
         self.config = cfg
         self.dtype = jnp.dtype(dtype)
-        self.model = Backbone(cfg, dtype)
-        self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size, False, dtype)
+        self.model = make_backbone(cfg, dtype)
+        self.lm_head = None if cfg.tie_word_embeddings else Linear(self.model.head_features, cfg.vocab_size,
+                                                                   False, dtype)
 
     @property
     def layers(self):
         return self.model.layers
 
-    def embed(self, ids: jax.Array) -> jax.Array:
-        """ids int [B, T] -> h [B, T, D] in the compute dtype (times sqrt(D) for Gemma, in that dtype)."""
-        h = jnp.take(self.model.embed_tokens.weight[...], ids, axis=0)
-        if self.config.embed_scale:
-            h = h * jnp.asarray(math.sqrt(self.config.hidden_size), self.dtype)
-        return h
+    def embed(self, ids: jax.Array, positions: jax.Array | None = None) -> jax.Array:
+        """ids int [B, T] -> h [B, T, D] in the compute dtype: token embeddings (times sqrt(D) for Gemma;
+        plus learned position embeddings at ``positions``, default ``arange(T)``, for OPT)."""
+        return self.model.embed(ids, positions)
 
     def final_logits(self, h: jax.Array) -> jax.Array:
         """h [B, T, D] -> float32 logits [B, T, V]: final norm, lm_head (or tied embeddings), soft-capping."""
-        x = self.model.norm(h)
+        x = self.model.head_input(h)
         if self.lm_head is None:
-            logits = jnp.einsum("btd,vd->btv", x, self.model.embed_tokens.weight[...])
+            logits = jnp.einsum("btd,vd->btv", x, self.model.input_embeddings())
         else:
             logits = self.lm_head(x)
         logits = logits.astype(jnp.float32)
@@ -251,8 +293,8 @@ class CausalLM(nnx.Module):
         ids = jnp.asarray(ids)
         if positions is None:
             positions = jnp.arange(ids.shape[1])[None]
-        h = self.embed(ids)
-        for layer in self.model.layers:
+        h = self.embed(ids, positions)
+        for layer in self.layers:
             h = layer(h, positions)
         return self.final_logits(h)
 

@@ -25,6 +25,7 @@ class SparsitySpecError(OptimaError):
 
 
 MLP_PREFIX = "mlp."
+MLP_LINEARS = ("fc1", "fc2")   # feed-forward linears outside an ``mlp.`` module (OPT)
 ATTN_PREFIX = "self_attn."
 SCOPES = ("all", "mlp")
 
@@ -131,7 +132,8 @@ class SparsitySpec:
 def select_linears(names: Iterable[str], scope: str = "all") -> list[str]:
     """Filter block-linear names (HF suffixes like ``mlp.up_proj`` or full HF names) by scope.
 
-    scope "all": every linear given; "mlp": only the MLP linears (attention projections are skipped).
+    scope "all": every linear given; "mlp": only the MLP linears (``mlp.*``, OPT's ``fc1``/``fc2``; attention
+    projections are skipped).
     Embeddings and lm_head are not block linears and must not be passed here.
     """
     names = list(names)
@@ -141,7 +143,12 @@ def select_linears(names: Iterable[str], scope: str = "all") -> list[str]:
         return names
 
     def is_mlp(n: str) -> bool:
-        return n.startswith(MLP_PREFIX) or f".{MLP_PREFIX}" in n
+        if n.startswith(MLP_PREFIX) or f".{MLP_PREFIX}" in n:
+            return True
+        parts = n.split(".")
+        if parts[-1] in ("weight", "bias"):
+            parts = parts[:-1]
+        return parts[-1] in MLP_LINEARS
 
     return [n for n in names if is_mlp(n)]
 
