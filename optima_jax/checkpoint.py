@@ -138,9 +138,14 @@ class Progress:
   """Per-block resume points, written through two Orbax CheckpointManagers.
 
   After block i: `blocks` step i (block i's pruned weights, masks, report rows), then `frontier` step i+1
-  (hidden states entering block i+1). Each save is atomic (Orbax commits a step by renaming its temporary
-  directory). On restart, `latest()` finds the last frontier whose blocks are all intact; a step that fails
-  to restore is dropped and its block is redone.
+  (hidden states entering block i+1, as the engine's micro-batches, plus how many rows of each are real).
+  Each save is atomic (Orbax commits a step by renaming its temporary directory). On restart, `latest()`
+  finds the last frontier whose blocks are all intact; a step that fails to restore is dropped and its
+  block is redone.
+
+  Multi-process runs: every process calls save/restore (Orbax coordinates; the directory must be on a
+  filesystem all hosts share). Weights and masks are identical numpy arrays on every process; hidden
+  states are global jax.Arrays, each host writing and reading only its own rows.
   """
 
   def __init__(self, out: Path):
@@ -153,16 +158,23 @@ class Progress:
 
   def save_block(self, index: int, weights: dict[str, np.ndarray], masks: dict[str, np.ndarray],
                  rows: list[dict], hidden, hidden_val):
+    """hidden/hidden_val: engine.Hidden (or an array [n, T, D]) entering block index+1."""
     ocp = _ocp()
     self.blocks.save(index, args=ocp.args.Composite(
         weights=ocp.args.StandardSave({k: np.asarray(v) for k, v in weights.items()}),
         masks=ocp.args.StandardSave({k: np.asarray(v) for k, v in masks.items()}),
         rows=ocp.args.JsonSave({"rows": rows})), force=True)
     self.blocks.wait_until_finished()
-    front = {"hidden": np.asarray(hidden)}
-    if hidden_val is not None:
-      front["hidden_val"] = np.asarray(hidden_val)
-    self.frontier.save(index + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(front)), force=True)
+    front, meta = {}, {}
+    for key, h in (("hidden", hidden), ("hidden_val", hidden_val)):
+      if h is None:
+        continue
+      if hasattr(h, "tree"):
+        front[key], meta[key] = h.tree(), [int(v) for v in h.valid]
+      else:
+        front[key], meta[key] = {"00000": _savable(h)}, [int(h.shape[0])]
+    self.frontier.save(index + 1, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(front), meta=ocp.args.JsonSave({"valid": meta})), force=True)
     self.frontier.wait_until_finished()
 
   def _restore_block(self, i: int):
@@ -171,18 +183,49 @@ class Progress:
         weights=ocp.args.StandardRestore(), masks=ocp.args.StandardRestore(), rows=ocp.args.JsonRestore()))
     return r["weights"], r["masks"], r["rows"]["rows"]
 
-  def latest(self):
-    """-> (next_block, hidden, hidden_val, blocks: list of (weights, masks, rows)) or None."""
+  def _restore_frontier(self, step: int, mesh):
+    """-> (hidden, hidden_val) as engine.Hidden. With a data mesh in a multi-process run the micro-batches
+    come back as global arrays split over "data" (each host reads its rows); otherwise as numpy."""
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from optima_jax import sharding
+    from optima_jax.engine import Hidden
+
     ocp = _ocp()
+    meta = self.frontier.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]["valid"]
+    tree_meta = self.frontier.item_metadata(step)["state"]
+    tree_meta = getattr(tree_meta, "tree", tree_meta)
+    global_arrays = mesh is not None and sharding.is_multiprocess()
+    n = sharding.data_size(mesh)
+
+    def target(m):
+      shape, dtype = tuple(m.shape), np.dtype(m.dtype)
+      if not global_arrays:
+        return np.empty(shape, dtype)
+      spec = P("data") if shape and shape[0] % n == 0 else P()
+      return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, spec))
+
+    abstract = jax.tree.map(target, dict(tree_meta), is_leaf=lambda m: hasattr(m, "shape"))
+    state = self.frontier.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
+    out = [Hidden.from_tree(state[k], meta[k]) if k in state else None for k in ("hidden", "hidden_val")]
+    return out[0], out[1]
+
+  def latest(self, mesh=None):
+    """-> (next_block, hidden, hidden_val, blocks: list of (weights, masks, rows)) or None.
+
+    hidden/hidden_val are engine.Hidden (hidden_val None if the run has no validation set); `mesh` is the
+    data mesh, needed to restore a multi-process run's global hidden states.
+    """
     for step in sorted(self.frontier.all_steps(), reverse=True):
       try:
-        front = self.frontier.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+        hidden, hidden_val = self._restore_frontier(step, mesh)
         blocks = [self._restore_block(i) for i in range(step)]
       except Exception as e:  # corrupted or truncated step: fall back to the previous resume point
         log.warning("resume point %d is unreadable (%s: %s); redoing from an earlier block",
-                    step, type(e).__name__, str(e).splitlines()[0][:200])
+                    step, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
         continue
-      return step, front["hidden"], front.get("hidden_val"), blocks
+      return step, hidden, hidden_val, blocks
     return None
 
   def close(self):
@@ -190,23 +233,41 @@ class Progress:
     self.frontier.close()
 
 
+def _savable(x):
+  """numpy for process-local values; global jax.Arrays as they are (Orbax writes each host's shards)."""
+  import jax
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return x
+  return np.asarray(x)
+
+
 # ----------------------------------------------------------------------------- final checkpoint
 
 def save_pruned(out: Path, params: dict[str, np.ndarray], masks: dict[str, np.ndarray], metadata: dict):
-  """Write the final checkpoint under out/checkpoint and then the completion marker."""
+  """Write the final checkpoint under out/checkpoint and then the completion marker.
+
+  Multi-process runs: every process calls this (Orbax writes collectively); process 0 alone clears the
+  directory and writes the JSON files. Global jax.Arrays are passed to Orbax as they are.
+  """
+  from optima_jax import sharding
   ocp = _ocp()
   out = Path(out).absolute()
   ck = out / "checkpoint"
-  if ck.exists():
-    shutil.rmtree(ck)
-  ck.mkdir(parents=True)
+  main = sharding.is_main_process()
+  if main:
+    if ck.exists():
+      shutil.rmtree(ck)
+    ck.mkdir(parents=True)
+  sharding.sync("optima_jax:save_pruned:mkdir")
   with ocp.StandardCheckpointer() as c:
-    c.save(ck / "params", nest({k: np.asarray(v) for k, v in params.items()}))
+    c.save(ck / "params", nest({k: _savable(v) for k, v in params.items()}))
   if masks:
     with ocp.StandardCheckpointer() as c:
-      c.save(ck / "masks", nest({k: np.asarray(v) for k, v in masks.items()}))
-  atomic_write_text(ck / "metadata.json", json.dumps(metadata, indent=1, default=str))
-  atomic_write_text(out / MARKER, json.dumps({"format": "optima_jax/1", "checkpoint": "checkpoint"}))
+      c.save(ck / "masks", nest({k: _savable(v) for k, v in masks.items()}))
+  if main:
+    atomic_write_text(ck / "metadata.json", json.dumps(metadata, indent=1, default=str))
+    atomic_write_text(out / MARKER, json.dumps({"format": "optima_jax/1", "checkpoint": "checkpoint"}))
+  sharding.sync("optima_jax:save_pruned:done")
 
 
 def is_pruned_checkpoint(path) -> bool:

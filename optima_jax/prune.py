@@ -41,8 +41,9 @@ def setup_logging(out: Path, main: bool):
   root = logging.getLogger("optima_jax")
   root.setLevel(logging.INFO)
   root.handlers.clear()
-  if not main:
+  if not main:  # other processes of a multi-host run stay silent
     root.addHandler(logging.NullHandler())
+    root.propagate = False
     return
 
   class JsonLines(logging.Handler):
@@ -115,9 +116,15 @@ def run(cfg) -> dict:
   timings["calibration_data_s"] = time.perf_counter() - t
 
   # Everything that can be checked before work starts has been: only now is the output directory written.
-  resumable = checkpoint.claim_output_dir(out, fingerprint, cfg.overwrite, cfg_dict)
+  # Multi-process: process 0 claims (and may clear) the directory; the others wait and take its answer.
+  resumable = checkpoint.claim_output_dir(out, fingerprint, cfg.overwrite, cfg_dict) if main else False
+  sharding.sync("optima_jax:claim_output_dir")
+  resumable = bool(sharding.broadcast_from_main(resumable))
   setup_logging(out, main)
   log.info("run %s -> %s%s", fingerprint, out, " (resuming)" if resumable else "")
+  log.info("devices: process %d of %d, %d global / %d local devices; data axis %d, rows axis %d",
+           jax.process_index(), jax.process_count(), jax.device_count(), jax.local_device_count(),
+           data_mesh.shape["data"], rows_mesh.shape["rows"])
 
   ppl = {}
   eval_file = out / "eval_dense.json"
@@ -126,7 +133,8 @@ def run(cfg) -> dict:
       ppl["dense"] = json.loads(eval_file.read_text())["ppl"]
     else:
       ppl["dense"] = _perplexity(model, config, tokenizer, cfg, add_bos)
-      checkpoint.atomic_write_text(eval_file, json.dumps({"ppl": ppl["dense"]}))
+      if main:
+        checkpoint.atomic_write_text(eval_file, json.dumps({"ppl": ppl["dense"]}))
     log.info("dense perplexity on %s: %.3f", cfg.eval.source, ppl["dense"])
 
   log.info("calibration: %d x %d tokens from %s%s", ids.shape[0], ids.shape[1], cal.source,
@@ -137,7 +145,7 @@ def run(cfg) -> dict:
   masks: dict[str, np.ndarray] = {}
   start, hidden, hidden_val = 0, None, None
   if resumable:
-    latest = progress.latest()
+    latest = progress.latest(data_mesh)
     if latest is not None:
       start, hidden, hidden_val, blocks = latest
       for i, (weights, bmasks, brows) in enumerate(blocks):
@@ -167,6 +175,7 @@ def run(cfg) -> dict:
 
   run_sequential(model, config, ids, make_pruner(cfg, rows_mesh), val_ids=val_ids,
                  linear_filter=lambda n: n in scope, micro_batch=int(cal.micro_batch), mesh=data_mesh,
+                 shard_params=bool(cfg.mesh.get("shard_params", False)),
                  start_block=start, hidden=hidden, hidden_val=hidden_val, hidden_on=cfg.hidden_states_on,
                  on_block_done=on_block_done, progress=main)
   progress.close()
@@ -179,16 +188,18 @@ def run(cfg) -> dict:
               "model_type": config.model_type, "versions": _versions(), "linears": rows,
               "timings": timings}
   checkpoint.save_pruned(out, params, masks if cfg.save_masks else {}, metadata)
-  if tokenizer is not None:
+  if tokenizer is not None and main:
     tokenizer.save_pretrained(str(out / "checkpoint" / "tokenizer"))
-  if cfg.export_hf:
+  if cfg.export_hf and main:
     models.save_hf(out / "hf", config, params, tokenizer)
     log.info("HF export written to %s", out / "hf")
 
   if cfg.eval.source:
     ppl["pruned"] = _perplexity(model, config, tokenizer, cfg, add_bos)
   timings["total_s"] = time.perf_counter() - t_start
-  report.write_reports(out, rows, timings)
+  if main:
+    report.write_reports(out, rows, timings)
+  sharding.sync("optima_jax:run_done")
   if main:
     print(report.summary_table(rows, timings, {f"{k} ({cfg.eval.source})": v for k, v in ppl.items()}))
     print(f"checkpoint: {out}  (restore: optima_jax.checkpoint.restore_params('{out}'))")

@@ -48,7 +48,7 @@ def test_hessians_match_float64_and_identity_reproduces_forward(tmp_path, family
   record, last = {}, {}
 
   def done(d):
-    last["hidden"] = np.asarray(d.hidden)
+    last["hidden"] = d.hidden.numpy()
 
   counter = run_sequential(model, cfg, ids, _identity_pruner(record), micro_batch=4, on_block_done=done,
                            progress=False)
@@ -68,33 +68,61 @@ def test_hessians_match_float64_and_identity_reproduces_forward(tmp_path, family
   assert counter.block_passes == cfg.num_layers * 2 * 2
 
 
+def test_batch_plan_pads_ragged_micro_batches():
+  from optima_jax.engine import batch_plan
+  # 13 sequences, micro-batches of 6, 8 devices: 6, 6, 1 real rows, each padded to 8.
+  assert batch_plan(13, 6, 8) == [(0, 6, 8), (6, 6, 8), (12, 1, 8)]
+  assert batch_plan(16, 8, 8) == [(0, 8, 8), (8, 8, 8)]
+  assert batch_plan(5, 8, 1) == [(0, 5, 5)]
+
+
 def test_hessians_equal_on_8_devices(tmp_path):
-  """The data axis over 8 CPU devices gives the same H as 1 device, to fp32 rounding."""
+  """The data axis over 8 CPU devices gives the same H and hidden states as 1 device, to fp32 rounding,
+  with ragged micro-batches (13 sequences in micro-batches of 6: padded to 8 rows, the padding masked out
+  of H), and with the block's MLP weights split over the mesh (mesh.shard_params)."""
   d = tiny.make_checkpoint(tmp_path / "llama", "llama")
   script = f"""
 import sys, numpy as np, jax, jax.numpy as jnp
 sys.path.insert(0, {str(REPO / 'tests')!r})
 import models, test_engine
 from optima_jax.engine import run_sequential
-from optima_jax.sharding import make_meshes
+from optima_jax.sharding import make_meshes, shard_block_state
 loaded = models.load_model({str(d)!r})
-model = models.build_model(loaded.config, loaded.params, dtype=jnp.float32)
-ids = test_engine._ids(16, 12, {tiny.VOCAB})
-rec = {{}}
-mesh = make_meshes(data=int(sys.argv[1]))[0]
-run_sequential(model, loaded.config, ids, test_engine._identity_pruner(rec), micro_batch=8, mesh=mesh, progress=False)
-np.savez(sys.argv[2], **{{f"{{b}}:{{n}}": v for (b, n), v in rec.items()}})
+ids = test_engine._ids(13, 12, {tiny.VOCAB})
+out = {{}}
+for tag, n, shard in (("1", 1, False), ("8", 8, False), ("8s", 8, True)):
+  model = models.build_model(loaded.config, loaded.params, dtype=jnp.float32)
+  rec, last = {{}}, {{}}
+  mesh = make_meshes(data=n)[0]
+  def done(dn):
+    last["h"] = dn.hidden.numpy()
+    last["rows"] = dn.hidden.rows
+  run_sequential(model, loaded.config, ids, test_engine._identity_pruner(rec), micro_batch=6, mesh=mesh,
+                 shard_params=shard, on_block_done=done, progress=False)
+  out.update({{f"{{tag}}/{{b}}:{{nm}}": v for (b, nm), v in rec.items()}})
+  out[f"{{tag}}/hidden"] = last["h"]
+  out[f"{{tag}}/rows"] = np.array(last["rows"])
+# the MLP weights really are split: gate/up along out_features, down along in_features
+st = shard_block_state(__import__("flax").nnx.state(model.layers[0]), make_meshes(data=8)[0])
+print(st["mlp"]["gate_proj"]["weight"][...].sharding.spec, st["mlp"]["down_proj"]["weight"][...].sharding.spec)
+np.savez(sys.argv[1], **out)
 print(jax.device_count())
 """
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  outs = {}
-  for n in (1, 8):
-    path = tmp_path / f"H{n}.npz"
-    r = subprocess.run([sys.executable, "-c", script, str(n), str(path)], env=env, capture_output=True,
-                       text=True, cwd=REPO)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.strip().splitlines()[-1] == "8"
-    outs[n] = dict(np.load(path))
-  for k in outs[1]:
-    a, b = outs[1][k], outs[8][k]
-    assert np.linalg.norm(a - b) / np.linalg.norm(a) < 1e-6, k
+  path = tmp_path / "H.npz"
+  r = subprocess.run([sys.executable, "-c", script, str(path)], env=env, capture_output=True, text=True,
+                     cwd=REPO, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  lines = r.stdout.strip().splitlines()
+  assert lines[-1] == "8"
+  assert lines[-2] == "PartitionSpec('data', None) PartitionSpec(None, 'data')"
+  got = dict(np.load(path))
+  assert list(got["1/rows"]) == [6, 6, 1] and list(got["8/rows"]) == [8, 8, 8]
+  keys = [k.split("/", 1)[1] for k in got if k.startswith("1/") and ":" in k]
+  assert len(keys) == 3 * 7
+  for tag in ("8", "8s"):
+    for k in keys:
+      a, b = got[f"1/{k}"], got[f"{tag}/{k}"]
+      assert np.linalg.norm(a - b) / np.linalg.norm(a) < 1e-6, (tag, k)
+    assert got[f"{tag}/hidden"].shape == (13, 12, 64)
+    np.testing.assert_allclose(got[f"{tag}/hidden"], got["1/hidden"], rtol=0, atol=1e-5, err_msg=tag)
