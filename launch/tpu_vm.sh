@@ -9,8 +9,10 @@
 #   launch/tpu_vm.sh [--dry-run] delete   NAME ZONE
 #
 # Environment: TPU_VERSION (runtime image, default v2-alpha-tpuv5-lite), REPO_URL (git URL to clone;
-# default: copy this checkout with scp), OUTPUT_ROOT (default runs). Runs use --config.distributed=True,
+# default: copy this checkout with scp), OUTPUT_ROOT (default runs; on multi-host slices it must be a
+# filesystem every worker shares, e.g. a gcsfuse or Filestore mount). Runs use --config.distributed=True,
 # so every worker joins one jax.distributed job; only process 0 prints progress, Orbax writes collectively.
+# Memory/time plan and mesh settings: docs/scaling.md.
 set -euo pipefail
 
 DRY=0
@@ -24,7 +26,7 @@ run() {
   fi
 }
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 cmd="${1:-}"; [[ -n "$cmd" ]] || usage; shift
 TPU_VERSION="${TPU_VERSION:-v2-alpha-tpuv5-lite}"
