@@ -160,21 +160,28 @@ class Progress:
                  rows: list[dict], hidden, hidden_val):
     """hidden/hidden_val: engine.Hidden (or an array [n, T, D]) entering block index+1."""
     ocp = _ocp()
+    # A step redone after an unreadable resume point replaces the old one.
+    if index in self.blocks.all_steps():
+      self.blocks.delete(index)
+    if index + 1 in self.frontier.all_steps():
+      self.frontier.delete(index + 1)
     self.blocks.save(index, args=ocp.args.Composite(
         weights=ocp.args.StandardSave({k: np.asarray(v) for k, v in weights.items()}),
         masks=ocp.args.StandardSave({k: np.asarray(v) for k, v in masks.items()}),
         rows=ocp.args.JsonSave({"rows": rows})), force=True)
     self.blocks.wait_until_finished()
-    front, meta = {}, {}
+    front, meta = {}, {"valid": {}, "shapes": {}, "dtype": {}}
     for key, h in (("hidden", hidden), ("hidden_val", hidden_val)):
       if h is None:
         continue
       if hasattr(h, "tree"):
-        front[key], meta[key] = h.tree(), [int(v) for v in h.valid]
+        front[key], meta["valid"][key] = h.tree(), [int(v) for v in h.valid]
       else:
-        front[key], meta[key] = {"00000": _savable(h)}, [int(h.shape[0])]
+        front[key], meta["valid"][key] = {"00000": _savable(h)}, [int(h.shape[0])]
+      meta["shapes"][key] = [list(map(int, b.shape)) for _, b in sorted(front[key].items())]
+      meta["dtype"][key] = str(next(iter(front[key].values())).dtype)
     self.frontier.save(index + 1, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(front), meta=ocp.args.JsonSave({"valid": meta})), force=True)
+        state=ocp.args.StandardSave(front), meta=ocp.args.JsonSave(meta)), force=True)
     self.frontier.wait_until_finished()
 
   def _restore_block(self, i: int):
@@ -193,22 +200,23 @@ class Progress:
     from optima_jax.engine import Hidden
 
     ocp = _ocp()
-    meta = self.frontier.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]["valid"]
-    tree_meta = self.frontier.item_metadata(step)["state"]
-    tree_meta = getattr(tree_meta, "tree", tree_meta)
+    import jax.numpy as jnp
+
+    meta = self.frontier.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     global_arrays = mesh is not None and sharding.is_multiprocess()
     n = sharding.data_size(mesh)
 
-    def target(m):
-      shape, dtype = tuple(m.shape), np.dtype(m.dtype)
+    def target(shape, dtype):
+      shape, dtype = tuple(shape), jnp.dtype(dtype)
       if not global_arrays:
         return np.empty(shape, dtype)
       spec = P("data") if shape and shape[0] % n == 0 else P()
       return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, spec))
 
-    abstract = jax.tree.map(target, dict(tree_meta), is_leaf=lambda m: hasattr(m, "shape"))
+    abstract = {key: {f"{k:05d}": target(shape, meta["dtype"][key]) for k, shape in enumerate(shapes)}
+                for key, shapes in meta["shapes"].items()}
     state = self.frontier.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
-    out = [Hidden.from_tree(state[k], meta[k]) if k in state else None for k in ("hidden", "hidden_val")]
+    out = [Hidden.from_tree(state[k], meta["valid"][k]) if k in state else None for k in ("hidden", "hidden_val")]
     return out[0], out[1]
 
   def latest(self, mesh=None):

@@ -370,8 +370,13 @@ def run_sequential(model, config, calib_ids: np.ndarray, pruner: Pruner, *,
       res = pruner(task)
       results[name] = res
     # Write back only after every linear of the block was pruned from the dense block's statistics.
+    # Weights solved on the rows mesh come back committed to it; the model keeps its params where it holds
+    # the others (uncommitted, default device) so later passes and evaluation see one device set.
     for name, res in results.items():
-      api.set_linear(model, i, name, res.weight)
+      w = res.weight
+      if isinstance(w, jax.Array) and len(w.sharding.device_set) > 1:
+        w = sharding.to_default_device(w)
+      api.set_linear(model, i, name, w)
     t_prune = time.perf_counter() - t1
 
     t2 = time.perf_counter()
