@@ -15,7 +15,8 @@ def get_config():
   c.calibration.micro_batch = 8
   c.eval.source = "asset:wiki_test"
   c.eval.seqlen = 1024
-  c.eval.max_windows = 16
+  c.eval.max_windows = 8
+  c.eval.mask_only = True       # show the same masks without the OPTIMA update
   c.eval.batch_size = 2
   c.output_dir = "runs/smollm2_135m"
   return c

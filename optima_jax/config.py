@@ -88,6 +88,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.seqlen = 1024
   c.eval.max_windows = 0         # 0 = all windows
   c.eval.batch_size = 4
+  c.eval.mask_only = False       # also evaluate the dense weights with this run's masks (no update)
   return c
 
 

@@ -196,6 +196,12 @@ def run(cfg) -> dict:
 
   if cfg.eval.source:
     ppl["pruned"] = _perplexity(model, config, tokenizer, cfg, add_bos)
+    if cfg.eval.mask_only and masks:
+      # Ablation of the update: the dense weights with this run's masks, no weight update.
+      masked = {k: (np.where(np.asarray(masks[k]), np.asarray(v), 0) if k in masks else v)
+                for k, v in loaded.params.items()}
+      ppl["same masks, no update"] = _perplexity(models.build_model(config, masked, dtype=dtype), config,
+                                                 tokenizer, cfg, add_bos)
   timings["total_s"] = time.perf_counter() - t_start
   if main:
     report.write_reports(out, rows, timings)
