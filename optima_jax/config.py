@@ -72,6 +72,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1               # devices on the data axis (-1: all devices / rows)
   c.mesh.rows = 1                # devices on the solver's rows axis
+  c.mesh.shard_params = False    # split each block's MLP weights over the data axis (blocks too big for a device)
   c.distributed = False          # call jax.distributed.initialize() (multi-host)
   c.hidden_states_on = "device"  # device | host: where calibration hidden states live between blocks
 

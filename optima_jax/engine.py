@@ -42,10 +42,7 @@ class LinearTask:
   weight: jax.Array            # (out, in) float32, dense weights
   stats: LinearStats           # H (in, in) float32 = Σ xᵀx over calibration tokens
   H_val: jax.Array | None      # (in, in) float32 over validation tokens, or None
-
-  @property
-  def full_name(self) -> str:
-    return f"model.layers.{self.block}.{self.name}.weight"
+  full_name: str = ""          # the HF weight name, e.g. model.layers.3.mlp.down_proj.weight
 
 
 @dataclasses.dataclass
@@ -359,13 +356,15 @@ def run_sequential(model, config, calib_ids: np.ndarray, pruner: Pruner, *,
     for name in linears:
       group = group_of[name]
       Hg = H[group]
-      where = f"model.layers.{i}.{name}"
+      full_name = api.weight_name(config, i, name)
+      where = full_name.removesuffix(".weight")
       if not bool(jnp.all(jnp.isfinite(Hg))):
         raise OptimaError(f"non-finite activations entering {where}")
       W = api.get_linear(model, i, name).astype(jnp.float32)
       if not bool(jnp.all(jnp.isfinite(W))):
         raise OptimaError(f"non-finite weights in {where}.weight")
-      task = LinearTask(block=i, name=name, weight=W, stats=LinearStats(H=Hg, n_tokens=n_tokens),
+      task = LinearTask(block=i, name=name, full_name=full_name, weight=W,
+                        stats=LinearStats(H=Hg, n_tokens=n_tokens),
                         H_val=None if H_val is None else H_val[group])
       res = pruner(task)
       results[name] = res

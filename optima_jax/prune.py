@@ -108,7 +108,7 @@ def run(cfg) -> dict:
   scope = set(select_linears(api.linear_names(config), cfg.prune_scope))
   spec = SparsitySpec.parse(cfg.sparsity)
   for name in sorted(scope):
-    spec.validate_for(int(api.get_linear(model, 0, name).shape[1]), where=f"model.layers.*.{name}")
+    spec.validate_for(int(api.get_linear(model, 0, name).shape[1]), where=api.weight_name(config, 0, name).replace(".0.", ".*.", 1))
 
   t = time.perf_counter()
   cal = cfg.calibration
@@ -151,7 +151,7 @@ def run(cfg) -> dict:
       for i, (weights, bmasks, brows) in enumerate(blocks):
         for name, w in weights.items():
           api.set_linear(model, i, name, jnp.asarray(w))
-        masks.update({f"model.layers.{i}.{n}.weight": m for n, m in bmasks.items()})
+        masks.update({api.weight_name(config, i, n): m for n, m in bmasks.items()})
         rows.extend(brows)
       log.info("resuming at block %d of %d", start, config.num_layers)
       if val_ids is None:
@@ -165,7 +165,7 @@ def run(cfg) -> dict:
     brows = [r.row for r in done.results.values()]
     progress.save_block(done.index, weights, bmasks, brows, done.hidden, done.hidden_val)
     rows.extend(brows)
-    masks.update({f"model.layers.{done.index}.{n}.weight": m for n, m in bmasks.items()})
+    masks.update({api.weight_name(config, done.index, n): m for n, m in bmasks.items()})
     for k in block_times:
       block_times[k] += done.timings[k]
     log.info("block %d done: %s", done.index, json.dumps(
@@ -175,7 +175,7 @@ def run(cfg) -> dict:
 
   run_sequential(model, config, ids, make_pruner(cfg, rows_mesh), val_ids=val_ids,
                  linear_filter=lambda n: n in scope, micro_batch=int(cal.micro_batch), mesh=data_mesh,
-                 shard_params=bool(cfg.mesh.get("shard_params", False)),
+                 shard_params=bool(cfg.mesh.shard_params),
                  start_block=start, hidden=hidden, hidden_val=hidden_val, hidden_on=cfg.hidden_states_on,
                  on_block_done=on_block_done, progress=main)
   progress.close()

@@ -329,8 +329,6 @@ def test_prune_cli_end_to_end(opt_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="optima_jax/prune.py and engine.LinearTask.full_name build names as "
-                   "model.layers.{i}.{name}.weight; OPT's are model.decoder.layers.{i}.* (use api.weight_name)")
 def test_prune_cli_masks_and_report_use_opt_hf_names(opt_run):
     """The saved keep-masks and the report rows name the true HF tensors (model.decoder.layers.{i}.*)."""
     from optima_jax import checkpoint
