@@ -57,6 +57,12 @@ def _as_bool(v) -> bool | None:
 class OptimaLM(TemplateLM):
     """lm-eval LM over a Flax ``models.CausalLM``: loglikelihood, loglikelihood_rolling, greedy generate_until."""
 
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict[str, Any] | None = None):
+        """As lm-eval's, but settings given in --model_args win over the CLI's defaults (e.g. batch_size)."""
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        return cls(**arg_dict, **extra)
+
     def __init__(self, checkpoint: str | None = None, model: Any = None, tokenizer: Any = None, dtype=None,
                  batch_size: int | str = 8, max_length: int | None = None, add_bos_token=None,
                  max_gen_toks: int = 256, **kwargs):
