@@ -101,6 +101,16 @@ def check_inputs(W, stats: LinearStats, spec, where: str = "layer"):
     return W, spec
 
 
+def check_block_args(method: str, spec, blocksize: int, mask_scope: str, scopes: tuple, where: str) -> None:
+    """Shared argument checks of the block-wise selectors (SparseGPT, Thanos)."""
+    if mask_scope not in scopes:
+        raise SelectorError(f"{where}: {method} mask_scope must be one of {scopes}, got {mask_scope!r}")
+    if blocksize < 1:
+        raise SelectorError(f"{where}: {method} blocksize must be positive, got {blocksize}")
+    if spec.kind == "nm" and blocksize % spec.m != 0:
+        raise SelectorError(f"{where}: {method} blocksize={blocksize} must be a multiple of M={spec.m}")
+
+
 # register the built-in selectors
 from optima_jax.selectors import magnitude as _magnitude  # noqa: E402,F401
 from optima_jax.selectors import wanda as _wanda  # noqa: E402,F401
@@ -110,5 +120,6 @@ from optima_jax.selectors import external as _external  # noqa: E402,F401
 
 __all__ = [
     "LinearStats", "SelectionResult", "SELECTORS", "register_selector", "get_selector", "SelectorError",
-    "check_inputs",
+    "check_inputs", "check_block_args",
 ]
+

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from optima_jax.selectors import SelectionResult, SelectorError, check_inputs, register_selector
+from optima_jax.selectors import SelectionResult, SelectorError, check_block_args, check_inputs, register_selector
 from optima_jax.selectors._hinv import mm, prepare
 from optima_jax.selectors.masks import _ranks
 
@@ -122,12 +122,7 @@ def sparsegpt(W, stats, spec, *, blocksize: int = 128, percdamp: float = 0.01, m
     info["obs_loss"]: (out,) Σ (w-q)²/U_ii² / 2 per row, as the reference's ``Losses``.
     """
     W, spec = check_inputs(W, stats, spec, where)
-    if mask_scope not in ("row", "block"):
-        raise SelectorError(f"{where}: sparsegpt mask_scope must be 'row' or 'block', got {mask_scope!r}")
-    if blocksize < 1:
-        raise SelectorError(f"{where}: sparsegpt blocksize must be positive, got {blocksize}")
-    if spec.kind == "nm" and blocksize % spec.m != 0:
-        raise SelectorError(f"{where}: sparsegpt blocksize={blocksize} must be a multiple of M={spec.m}")
+    check_block_args("sparsegpt", spec, blocksize, mask_scope, ("row", "block"), where)
     Wn, keep, losses, ok = _sparsegpt_core(
         W, jnp.asarray(stats.H), percdamp, kind=spec.kind, ratio=float(spec.ratio), n=spec.n, m=spec.m,
         blocksize=int(blocksize), mask_scope=mask_scope, off_by_one=bool(reference_off_by_one))

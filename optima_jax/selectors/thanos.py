@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from optima_jax.selectors import SelectionResult, SelectorError, check_inputs, register_selector
+from optima_jax.selectors import SelectionResult, SelectorError, check_block_args, check_inputs, register_selector
 from optima_jax.selectors._hinv import mm, prepare
 from optima_jax.selectors.masks import _ranks
 
@@ -98,12 +98,7 @@ def thanos(W, stats, spec, *, blocksize: int = 128, percdamp: float = 0.01, mask
            row_chunk: int = 1024, where: str = "layer") -> SelectionResult:
     """W (out, in) float32, stats.H (in, in). Returns Thanos's mask and its block-wise updated weights."""
     W, spec = check_inputs(W, stats, spec, where)
-    if mask_scope not in ("row", "layer"):
-        raise SelectorError(f"{where}: thanos mask_scope must be 'row' or 'layer', got {mask_scope!r}")
-    if blocksize < 1:
-        raise SelectorError(f"{where}: thanos blocksize must be positive, got {blocksize}")
-    if spec.kind == "nm" and blocksize % spec.m != 0:
-        raise SelectorError(f"{where}: thanos blocksize={blocksize} must be a multiple of M={spec.m}")
+    check_block_args("thanos", spec, blocksize, mask_scope, ("row", "layer"), where)
     out, cols = W.shape
     k_row = spec.expected_pruned_per_row(cols)
     k_layer = int(out * cols * spec.ratio) if spec.kind == "unstructured" else 0
