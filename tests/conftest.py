@@ -73,3 +73,23 @@ def tiny_dirs(tmp_path_factory):
 def rand_ids():
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, size=(2, 24)).astype(np.int32)
+
+
+def assert_logits_match_float32(model, torch_model, ids, atol=1e-4):
+    """Our float32 logits equal transformers' on the same ids (max abs diff <= atol)."""
+    import models
+    ours = np.asarray(models.forward(model, ids))
+    ref = torch_logits(torch_model, ids)
+    assert ours.dtype == np.float32 and ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, atol=atol, rtol=0)
+
+
+def assert_bf16_close_to_float32(model, torch_model, ids):
+    """bf16 logits within 5% of the float32 reference's scale, and really computed in bf16 (not identical)."""
+    import models
+    ours = np.asarray(models.forward(model, ids))
+    ref = torch_logits(torch_model, ids)
+    scale = np.abs(ref).max()
+    err = np.abs(ours - ref).max()
+    assert err <= 0.05 * scale, (err, scale)
+    assert err > 1e-5

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 import models  # noqa: E402
 from models import api  # noqa: E402
 from models.opt import positions_from_mask  # noqa: E402
-from tests.conftest import torch_logits  # noqa: E402
+from tests.conftest import assert_bf16_close_to_float32, assert_logits_match_float32, torch_logits  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,22 +77,14 @@ def _load(opt_dirs, name, dtype="float32"):
 def test_logits_match_transformers_float32(opt_dirs, rand_ids, name):
     tm, loaded, model = _load(opt_dirs, name)
     assert loaded.config.model_type == "opt" and loaded.config.family == "opt"
-    ours = np.asarray(models.forward(model, rand_ids))
-    ref = torch_logits(tm, rand_ids)
-    assert ours.dtype == np.float32 and ours.shape == ref.shape
-    np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
+    assert_logits_match_float32(model, tm, rand_ids)
 
 
 @pytest.mark.parametrize("name", ["pre", "post_proj"])
 def test_logits_bfloat16_close_to_float32_reference(opt_dirs, rand_ids, name):
     tm, loaded, model = _load(opt_dirs, name, dtype="bfloat16")
     assert loaded.params["model.decoder.embed_tokens.weight"].dtype.name == "bfloat16"
-    ours = np.asarray(models.forward(model, rand_ids))
-    ref = torch_logits(tm, rand_ids)
-    scale = np.abs(ref).max()
-    err = np.abs(ours - ref).max()
-    assert err <= 0.05 * scale, (err, scale)
-    assert err > 1e-5          # bf16 is really used
+    assert_bf16_close_to_float32(model, tm, rand_ids)
 
 
 def _torch_linear_inputs(tm, ids, layer, names):
