@@ -16,10 +16,13 @@ Restore a finished run as the Flax params pytree:  params = optima_jax.checkpoin
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
 import shutil
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -150,7 +153,7 @@ class Progress:
 
   def __init__(self, out: Path):
     ocp = _ocp()
-    root = Path(out).absolute() / "progress"
+    root = self.root = Path(out).absolute() / "progress"
     opts = dict(create=True, enable_async_checkpointing=False)
     self.blocks = ocp.CheckpointManager(root / "blocks", options=ocp.CheckpointManagerOptions(**opts))
     self.frontier = ocp.CheckpointManager(
@@ -159,6 +162,16 @@ class Progress:
   def save_block(self, index: int, weights: dict[str, np.ndarray], masks: dict[str, np.ndarray],
                  rows: list[dict], hidden, hidden_val):
     """hidden/hidden_val: engine.Hidden (or an array [n, T, D]) entering block index+1."""
+    size = _nbytes([weights, masks]) + sum(_nbytes(getattr(h, "batches", h)) for h in (hidden, hidden_val)
+                                           if h is not None)
+    ensure_free_space(self.root, size, f"block {index}'s resume point")
+    try:
+      with _LibraryStderr():
+        self._save_block(index, weights, masks, rows, hidden, hidden_val)
+    except Exception as e:
+      raise _write_error(self.root / f"blocks/{index}", e) from e
+
+  def _save_block(self, index, weights, masks, rows, hidden, hidden_val):
     ocp = _ocp()
     # A step redone after an unreadable resume point replaces the old one.
     if index in self.blocks.all_steps():
@@ -251,30 +264,114 @@ def _savable(x):
 
 # ----------------------------------------------------------------------------- final checkpoint
 
-def save_pruned(out: Path, params: dict[str, np.ndarray], masks: dict[str, np.ndarray], metadata: dict):
-  """Write the final checkpoint under out/checkpoint and then the completion marker.
+def _write_error(path, e: Exception) -> OptimaError:
+  """One-line error for a failed checkpoint write (a full disk, a quota, a lost mount...)."""
+  import re
+  text = str(e).strip()
+  code = re.search(r"os_error_code='?(\d+)", text)   # TensorStore (Orbax) wraps the OS error in its message
+  if isinstance(e, OSError) and e.strerror:
+    msg = e.strerror + (f": {e.filename}" if e.filename else "")
+  elif code:
+    msg = f"{os.strerror(int(code.group(1)))} (errno {code.group(1)})"
+  else:
+    msg = text.splitlines()[0][:300] if text else type(e).__name__
+  return OptimaError(f"could not write {path}: {msg}; the earlier checkpoints in {Path(path).parent} are "
+                     "intact, free space and rerun the same command to resume")
 
-  Multi-process runs: every process calls this (Orbax writes collectively); process 0 alone clears the
-  directory and writes the JSON files. Global jax.Arrays are passed to Orbax as they are.
+
+class _LibraryStderr:
+  """While Orbax writes, text that its worker threads print straight to stderr (TensorStore callbacks into
+  an event loop that a failed write already closed print bare tracebacks) is held back. After a successful
+  write it is passed on unchanged; after a failed one it goes to the log file (not the console), so the
+  failure surfaces once, as the caller's one-line error."""
+
+  def __init__(self):
+    self.buf = io.StringIO()
+
+  def __enter__(self):
+    self.real = sys.stderr
+    sys.stderr = self.buf
+    return self
+
+  def __exit__(self, exc_type, exc, tb):
+    if exc_type is not None:
+      time.sleep(0.5)  # let the writer threads finish printing
+    sys.stderr = self.real
+    text = self.buf.getvalue()
+    if exc_type is None:
+      self.real.write(text)
+    elif text.strip():
+      log.debug("library output during the failed write:\n%s", text)
+    return False
+
+
+def _nbytes(tree) -> int:
+  import jax
+  return int(sum(getattr(x, "nbytes", 0) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def ensure_free_space(path: Path, nbytes: int, what: str) -> None:
+  """Refuse a write of about `nbytes` (+5% and 64 KiB for metadata) that cannot fit on `path`'s filesystem,
+  before anything is written: a full disk mid-write is still handled, but this avoids it."""
+  p = Path(path).absolute()
+  while not p.exists():
+    p = p.parent
+  free = shutil.disk_usage(p).free
+  need = int(nbytes * 1.05) + (64 << 10)
+  if free < need:
+    raise OptimaError(f"not enough free space for {what} in {path}: about {need / 2**20:.1f} MiB needed, "
+                      f"{free / 2**20:.1f} MiB free; the earlier checkpoints are intact, free space and rerun "
+                      "the same command to resume")
+
+
+def save_pruned(out: Path, params: dict[str, np.ndarray], masks: dict[str, np.ndarray], metadata: dict,
+                write_extra=None):
+  """Write the final checkpoint to out/checkpoint, atomically, and then the completion marker.
+
+  Everything is written to out/checkpoint.partial first (`write_extra(dir)` may add files, e.g. the
+  tokenizer); only when that is complete is it swapped in for any previous out/checkpoint. A failed write
+  (e.g. a full disk) raises an OptimaError and leaves the previous checkpoint, its marker and the resume
+  points untouched.
+
+  Multi-process runs: every process calls this (Orbax writes collectively); process 0 alone prepares the
+  directories, writes the JSON files and swaps. Global jax.Arrays are passed to Orbax as they are.
   """
   from optima_jax import sharding
   ocp = _ocp()
   out = Path(out).absolute()
-  ck = out / "checkpoint"
+  ck, staging, old = out / "checkpoint", out / "checkpoint.partial", out / "checkpoint.old"
   main = sharding.is_main_process()
+  ensure_free_space(out, _nbytes([params, masks]), "the final checkpoint")
+  try:
+    if main:
+      for d in (staging, old):
+        if d.exists():
+          shutil.rmtree(d)
+      staging.mkdir(parents=True)
+    sharding.sync("optima_jax:save_pruned:mkdir")
+    with _LibraryStderr():
+      with ocp.StandardCheckpointer() as c:
+        c.save(staging / "params", nest({k: _savable(v) for k, v in params.items()}))
+      if masks:
+        with ocp.StandardCheckpointer() as c:
+          c.save(staging / "masks", nest({k: _savable(v) for k, v in masks.items()}))
+    if main:
+      atomic_write_text(staging / "metadata.json", json.dumps(metadata, indent=1, default=str))
+      if write_extra is not None:
+        write_extra(staging)
+  except Exception as e:
+    if main:
+      shutil.rmtree(staging, ignore_errors=True)
+    raise _write_error(ck, e) from e
   if main:
+    marker = out / MARKER
+    if marker.exists():
+      marker.unlink()        # from here until the new marker, the directory is "not finished"
     if ck.exists():
-      shutil.rmtree(ck)
-    ck.mkdir(parents=True)
-  sharding.sync("optima_jax:save_pruned:mkdir")
-  with ocp.StandardCheckpointer() as c:
-    c.save(ck / "params", nest({k: _savable(v) for k, v in params.items()}))
-  if masks:
-    with ocp.StandardCheckpointer() as c:
-      c.save(ck / "masks", nest({k: _savable(v) for k, v in masks.items()}))
-  if main:
-    atomic_write_text(ck / "metadata.json", json.dumps(metadata, indent=1, default=str))
-    atomic_write_text(out / MARKER, json.dumps({"format": "optima_jax/1", "checkpoint": "checkpoint"}))
+      os.replace(ck, old)
+    os.replace(staging, ck)
+    atomic_write_text(marker, json.dumps({"format": "optima_jax/1", "checkpoint": "checkpoint"}))
+    shutil.rmtree(old, ignore_errors=True)
   sharding.sync("optima_jax:save_pruned:done")
 
 

@@ -262,6 +262,18 @@ def embed_all(model, ids: np.ndarray, micro_batch: int, on_host: bool, mesh: Mes
   return Hidden(batches, valid)
 
 
+def check_dense_finite(model, config, ids: np.ndarray) -> None:
+  """Preflight: run the dense model over a few calibration windows (int32 [n, T]) block by block and
+  raise an OptimaError naming the first block whose output is non-finite (the embedding if it is)."""
+  positions = jnp.arange(ids.shape[1], dtype=jnp.int32)[None, :]
+  hidden = embed_all(model, np.asarray(ids), int(ids.shape[0]), on_host=False)
+  _check_finite(hidden.batches[0], "the token embeddings of the dense model (first calibration windows)")
+  for i in range(config.num_layers):
+    hidden = BlockRunner(model, config, i, positions).forward_all(hidden, None, None, on_host=False)
+    where = api.layer_prefix(config, i).rstrip(".")
+    _check_finite(hidden.batches[0], f"the output of {where} in the dense model (first calibration windows)")
+
+
 def as_hidden(x, micro_batch: int, mesh: Mesh | None, on_host: bool) -> Hidden:
   """Resume states (a Hidden, or an array [n, T, D]) in this run's micro-batch layout."""
   plan = batch_plan(x.n if isinstance(x, Hidden) else x.shape[0], micro_batch, sharding.data_size(mesh))
@@ -384,7 +396,8 @@ def run_sequential(model, config, calib_ids: np.ndarray, pruner: Pruner, *,
       hidden_val = runner.forward_all(hidden_val, mesh, counter, on_host)
     if not on_host:
       jax.block_until_ready(hidden.batches)
-    _check_finite(hidden.batches[0][:hidden.valid[0]], f"the output of block {i}")
+    _check_finite(hidden.batches[0][:hidden.valid[0]],
+                  f"the output of {api.layer_prefix(config, i).rstrip('.')} after pruning it")
     t_fwd = time.perf_counter() - t2
     timings = {"hessians_s": t_hess, "prune_s": t_prune, "forward_s": t_fwd,
                "peak_host_mem_mb": peak_host_memory_mb()}

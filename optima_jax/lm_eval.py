@@ -21,7 +21,6 @@ fixed batch size, so few shapes are compiled.
 """
 from __future__ import annotations
 
-import math
 import sys
 from typing import Any, Sequence
 

@@ -49,18 +49,42 @@ def setup_logging(out: Path, main: bool):
   class JsonLines(logging.Handler):
     def __init__(self, path):
       super().__init__()
+      self.path = path
       self.f = open(path, "a")
 
     def emit(self, rec):
-      self.f.write(json.dumps({"t": round(rec.created, 3), "level": rec.levelname, "logger": rec.name,
-                               "msg": rec.getMessage()}) + "\n")
-      self.f.flush()
+      if self.f is None:
+        return
+      try:
+        entry = {"t": round(rec.created, 3), "level": rec.levelname, "logger": rec.name, "msg": rec.getMessage()}
+        if rec.exc_info:
+          entry["exc"] = logging.Formatter().formatException(rec.exc_info)
+        self.f.write(json.dumps(entry) + "\n")
+        self.f.flush()
+      except OSError as e:  # e.g. a full disk: keep the console log, stop the file log, say so once
+        self.f = None
+        print(f"warning: log file {self.path} is no longer written ({e.strerror or e})", file=sys.stderr)
 
   console = logging.StreamHandler(sys.stderr)
   console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+  file_log = JsonLines(out / "log.jsonl")
   root.addHandler(console)
-  root.addHandler(JsonLines(out / "log.jsonl"))
+  root.addHandler(file_log)
   root.propagate = False
+  # Libraries' own logs (Orbax via absl, asyncio) and exceptions in their worker threads go to the file log
+  # only: a failed write surfaces once, as our one-line error, with the details in log.jsonl.
+  for name in ("absl", "asyncio", "orbax", "concurrent.futures"):
+    lib = logging.getLogger(name)
+    lib.handlers.clear()
+    lib.propagate = True
+  logging.getLogger().handlers[:] = [file_log]   # the root: every library logger that propagates
+  threads = logging.getLogger("optima_jax.threads")
+  threads.handlers.clear()
+  threads.addHandler(file_log)
+  threads.propagate = False
+  import threading
+  threading.excepthook = lambda a: threads.error("exception in thread %s", getattr(a.thread, "name", "?"),
+                                                 exc_info=(a.exc_type, a.exc_value, a.exc_traceback))
 
 
 def _versions() -> dict:
@@ -82,7 +106,7 @@ def run(cfg) -> dict:
 
   import models
   from models import api
-  from optima_jax import checkpoint, data, report, sharding
+  from optima_jax import checkpoint, report, sharding
   from optima_jax.engine import run_sequential
   from optima_jax.pruner import make_pruner
   from optima_jax.sparsity import SparsitySpec, select_linears
@@ -114,6 +138,10 @@ def run(cfg) -> dict:
   cal = cfg.calibration
   ids, val_ids = _calibration(cfg, tokenizer, add_bos)
   timings["calibration_data_s"] = time.perf_counter() - t
+
+  # Non-finite activations of the dense model itself are reported now, naming the block, not mid-run.
+  from optima_jax.engine import check_dense_finite
+  check_dense_finite(model, config, ids[:min(2, ids.shape[0])])
 
   # Everything that can be checked before work starts has been: only now is the output directory written.
   # Multi-process: process 0 claims (and may clear) the directory; the others wait and take its answer.
@@ -187,9 +215,9 @@ def run(cfg) -> dict:
   metadata = {"config": cfg_dict, "fingerprint": fingerprint, "hf_config": config.hf_config,
               "model_type": config.model_type, "versions": _versions(), "linears": rows,
               "timings": timings}
-  checkpoint.save_pruned(out, params, masks if cfg.save_masks else {}, metadata)
-  if tokenizer is not None and main:
-    tokenizer.save_pretrained(str(out / "checkpoint" / "tokenizer"))
+  checkpoint.save_pruned(out, params, masks if cfg.save_masks else {}, metadata,
+                         write_extra=None if tokenizer is None else
+                         lambda d: tokenizer.save_pretrained(str(d / "tokenizer")))
   if cfg.export_hf and main:
     models.save_hf(out / "hf", config, params, tokenizer)
     log.info("HF export written to %s", out / "hf")
@@ -256,6 +284,11 @@ def main(argv=None) -> int:
   except OptimaError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except OSError as e:  # a read or write the checks could not foresee: a full disk, a lost mount
+    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    print(f"error: {e.strerror or e}{where}; rerun the same command to resume from the last finished block",
+          file=sys.stderr)
+    return 1
   except KeyboardInterrupt:
     print("interrupted: rerun the same command to resume from the last finished block", file=sys.stderr)
     return 130

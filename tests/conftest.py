@@ -69,6 +69,13 @@ def tiny_dirs(tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+  """A tiny random LLaMA checkpoint (tests/tiny.py) for end-to-end CLI runs."""
+  import tiny
+  return tiny.make_checkpoint(tmp_path_factory.mktemp("ckpt") / "llama", "llama")
+
+
 @pytest.fixture
 def rand_ids():
     rng = np.random.default_rng(0)

@@ -7,13 +7,11 @@ Every subprocess runs under a timeout, so a hung collective fails the test inste
 import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import tiny
 from test_pipeline import cli_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,11 +36,6 @@ def _run(args, env):
 def _pruned(out):
   from optima_jax import checkpoint
   return (checkpoint.flatten(checkpoint.restore_params(out)), checkpoint.restore_masks(out))
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-  return tiny.make_checkpoint(tmp_path_factory.mktemp("ckpt") / "llama", "llama")
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 from safetensors.numpy import save_file
@@ -18,13 +19,34 @@ def _dtype_name(arr: np.ndarray) -> str:
 
 def save_hf(directory: str, config: ModelConfig, params: dict, tokenizer=None,
             max_shard_bytes: int = 5 * 1024**3) -> None:
-    """Write an HF checkpoint of the text model to ``directory`` (created if needed).
+    """Write an HF checkpoint of the text model to ``directory``.
 
     params: flat HF-named dict (numpy or jax arrays, HF layout). Shards into ``model-0000k-of-0000n.safetensors``
-    with ``model.safetensors.index.json`` when the total exceeds ``max_shard_bytes``.
+    with ``model.safetensors.index.json`` when the total exceeds ``max_shard_bytes``. Written to
+    ``<directory>.partial`` and renamed into place when complete: a failed write (e.g. a full disk) leaves any
+    previous export at ``directory`` untouched and no half-written one.
     """
     validate_params(config, params, where=directory)
-    os.makedirs(directory, exist_ok=True)
+    final = os.path.abspath(directory)
+    staging = final.rstrip("/") + ".partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        _write_hf(staging, config, params, tokenizer, max_shard_bytes)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if os.path.exists(final):
+        old = final.rstrip("/") + ".old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(staging, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, final)
+
+
+def _write_hf(directory: str, config: ModelConfig, params: dict, tokenizer, max_shard_bytes: int) -> None:
+    os.makedirs(directory)
     arrays = {k: np.ascontiguousarray(np.asarray(v)) for k, v in params.items()}
     hf = text_hf_config(config)
     first = next(iter(arrays.values()))

@@ -21,7 +21,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from optima_jax.qp.problem import SaddlePointOutput, TerminationStatus, to_dense
 
