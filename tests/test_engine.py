@@ -126,3 +126,30 @@ print(jax.device_count())
       assert np.linalg.norm(a - b) / np.linalg.norm(a) < 1e-6, (tag, k)
     assert got[f"{tag}/hidden"].shape == (13, 12, 64)
     np.testing.assert_allclose(got[f"{tag}/hidden"], got["1/hidden"], rtol=0, atol=1e-5, err_msg=tag)
+
+
+def test_auto_damp_adds_no_forward_passes(tmp_path):
+  """Per-linear automatic damping from a validation Hessian: H_val is accumulated in the same block passes
+  as H, so a run with auto damping makes exactly the passes of a fixed-damp run with the same validation
+  set (2 per micro-batch per block), and every linear reports a damp from the grid."""
+  from optima_jax.config import default_config
+  from optima_jax.engine import ForwardCounter, run_sequential
+  from optima_jax.pruner import make_pruner
+
+  loaded, _ = _load(tmp_path, "llama")
+  ids, val_ids = _ids(6, 16, tiny.VOCAB), _ids(3, 16, tiny.VOCAB, seed=1)
+  counts, damps = {}, {}
+  for auto in (False, True):
+    import models
+    model = models.build_model(loaded.config, loaded.params, dtype=jnp.float32)
+    cfg = default_config()
+    cfg.selector, cfg.weight_update, cfg.solver.auto_damp = "wanda", "optima", auto
+    rows = []
+    counter = run_sequential(model, loaded.config, ids, make_pruner(cfg), val_ids=val_ids, micro_batch=4,
+                             counter=ForwardCounter(), progress=False,
+                             on_block_done=lambda d: rows.extend(r.row for r in d.results.values()))
+    counts[auto], damps[auto] = counter.block_passes, [r["damp"] for r in rows]
+  n_micro = 2 + 1                      # 6 calibration sequences in micro-batches of 4, 3 validation ones
+  assert counts[False] == counts[True] == loaded.config.num_layers * 2 * n_micro
+  assert set(damps[False]) == {0.1}
+  assert set(damps[True]) <= set(default_config().solver.auto_damp_grid) and len(damps[True]) == 7 * 3

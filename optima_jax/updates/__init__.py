@@ -72,9 +72,10 @@ def update_optima(W, selection, stats, H_val=None, *, method="exact", damp=0.0, 
   if auto_damp:
     if H_val is None:
       raise OptimaError("solver.auto_damp needs a validation set: set calibration.validation_source")
-    res = qp.auto_damp_solve(stats.H, W, selection.keep_mask, H_val, grid=tuple(auto_damp_grid), **kw)
-    info["damp"] = float(res.damp)
-    info["val_errors_by_damp"] = [float(e) for e in res.val_errors]
+    auto = qp.auto_damp_solve(stats.H, W, selection.keep_mask, H_val, grid=tuple(auto_damp_grid), **kw)
+    info["damp"] = float(auto.damp)
+    info["val_errors_by_damp"] = [float(e) for e in auto.val_errors]
+    res = auto.result
   else:
     res = qp.solve_rows(stats.H, W, selection.keep_mask, damp=damp, **kw)
     info["damp"] = float(damp)
