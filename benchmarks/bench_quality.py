@@ -158,7 +158,8 @@ def main():
 
 
 def render(results: dict) -> str:
-  """Markdown: one table per regime, rows x eval sets, plus time split."""
+  """Markdown: one table per regime, rows x eval sets (an update's row also shows its change against the
+  same selector without it), plus the time split."""
   cells = results["cells"]
   evals = results["setup"]["eval"]
   dense = next((c for c in cells if c["row"] == "dense"), None)
@@ -169,11 +170,18 @@ def render(results: dict) -> str:
               "|---|" + "---|" * (len(evals) + 6)]
     if dense:
       lines.append("| dense | " + " | ".join(f"{dense['ppl'][e]:.2f}" for e in evals) + " | | | | | | |")
+    by_row = {c["row"]: c for c in cells if c["regime"] == regime}
     for c in cells:
       if c["regime"] != regime or c["row"] == "dense":
         continue
       t = c["times"]
-      lines.append(f"| {c['row']} | " + " | ".join(f"{c['ppl'][e]:.2f}" for e in evals) +
+      base = by_row.get(parse_row(c["row"])[0]) if "+" in c["row"] else None
+
+      def fmt(e):
+        if base is None:
+          return f"{c['ppl'][e]:.2f}"
+        return f"{c['ppl'][e]:.2f} ({100 * (c['ppl'][e] / base['ppl'][e] - 1):+.1f}%)"
+      lines.append(f"| {c['row']} | " + " | ".join(fmt(e) for e in evals) +
                    f" | {c['mean_ratio']:.3f} | {c['skipped']} | {t['hessians_s']:.0f} | {t['select_s']:.0f} | "
                    f"{t['update_s']:.0f} | {c['prune_s']:.0f} |")
   return "\n".join(lines) + "\n"
