@@ -312,12 +312,16 @@ def _nbytes(tree) -> int:
 
 def ensure_free_space(path: Path, nbytes: int, what: str) -> None:
   """Refuse a write of about `nbytes` (+5% and 64 KiB for metadata) that cannot fit on `path`'s filesystem,
-  before anything is written: a full disk mid-write is still handled, but this avoids it."""
+  before anything is written: a full disk mid-write is still handled, but this avoids it. Every process of
+  a multi-process run must call it (process 0's answer is broadcast)."""
+  from optima_jax import sharding
   p = Path(path).absolute()
   while not p.exists():
     p = p.parent
   free = shutil.disk_usage(p).free
   need = int(nbytes * 1.05) + (64 << 10)
+  # Multi-process runs write one shared directory: process 0 decides for all, so all stop together.
+  free, need = sharding.broadcast_from_main((int(free), int(need)))
   if free < need:
     raise OptimaError(f"not enough free space for {what} in {path}: about {need / 2**20:.1f} MiB needed, "
                       f"{free / 2**20:.1f} MiB free; the earlier checkpoints are intact, free space and rerun "
