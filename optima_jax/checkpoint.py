@@ -343,14 +343,12 @@ def save_pruned(out: Path, params: dict[str, np.ndarray], masks: dict[str, np.nd
   from optima_jax import sharding
   ocp = _ocp()
   out = Path(out).absolute()
-  ck, staging, old = out / "checkpoint", out / "checkpoint.partial", out / "checkpoint.old"
+  ck, staging = out / "checkpoint", out / "checkpoint.partial"
   main = sharding.is_main_process()
   ensure_free_space(out, _nbytes([params, masks]), "the final checkpoint")
   try:
     if main:
-      for d in (staging, old):
-        if d.exists():
-          shutil.rmtree(d)
+      shutil.rmtree(staging, ignore_errors=True)
       staging.mkdir(parents=True)
     sharding.sync("optima_jax:save_pruned:mkdir")
     with _LibraryStderr():
@@ -368,14 +366,11 @@ def save_pruned(out: Path, params: dict[str, np.ndarray], masks: dict[str, np.nd
       shutil.rmtree(staging, ignore_errors=True)
     raise _write_error(ck, e) from e
   if main:
+    from models.loading.export import swap_in
     marker = out / MARKER
-    if marker.exists():
-      marker.unlink()        # from here until the new marker, the directory is "not finished"
-    if ck.exists():
-      os.replace(ck, old)
-    os.replace(staging, ck)
+    # From the marker's removal until the new marker, the directory counts as "not finished".
+    swap_in(staging, ck, before_swap=lambda: marker.unlink(missing_ok=True))
     atomic_write_text(marker, json.dumps({"format": "optima_jax/1", "checkpoint": "checkpoint"}))
-    shutil.rmtree(old, ignore_errors=True)
   sharding.sync("optima_jax:save_pruned:done")
 
 

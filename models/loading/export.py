@@ -35,14 +35,20 @@ def save_hf(directory: str, config: ModelConfig, params: dict, tokenizer=None,
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    swap_in(staging, final)
+
+
+def swap_in(staging: str, final: str, before_swap=None) -> None:
+    """Replace directory ``final`` by the complete directory ``staging`` (renames only; any old ``final`` is
+    moved to ``<final>.old`` first and removed last). ``before_swap()`` runs just before the renames."""
+    old = str(final).rstrip("/") + ".old"
+    shutil.rmtree(old, ignore_errors=True)
+    if before_swap is not None:
+        before_swap()
     if os.path.exists(final):
-        old = final.rstrip("/") + ".old"
-        shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
-        os.replace(staging, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, final)
+    os.replace(staging, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_hf(directory: str, config: ModelConfig, params: dict, tokenizer, max_shard_bytes: int) -> None:
