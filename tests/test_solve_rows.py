@@ -185,21 +185,59 @@ def test_singular_hessian(method):
     assert np.all(row_objective(H, W, res.weight) <= best + 1e-3 * base)
 
 
-def test_auto_damp_picks_lowest_validation_error():
-    H, W, mask = make_layer(seed=1)
-    Hv, _, _ = make_layer(seed=2)
-    grid = (0.0, 0.01, 0.1, 1.0)
-    out = auto_damp_solve(H, W, mask, Hv, grid)
-    assert out.rows_used == 40
+def _reference_val_errors(H, W, mask, Hv, grid):
     errs = []
     for g in grid:
         lam = g * float(np.mean(np.diag(H).astype(np.float64)))
         ref_w, _ = reference(H, W, mask, lam)
         d = ref_w - W
         errs.append(float(np.sum((d @ Hv.astype(np.float64)) * d)))
+    return errs
+
+
+def test_auto_damp_picks_lowest_validation_error():
+    H, W, mask = make_layer(seed=1)
+    Hv, _, _ = make_layer(seed=2)
+    grid = (0.0, 0.01, 0.1, 1.0)
+    errs = _reference_val_errors(H, W, mask, Hv, grid)
+    out = auto_damp_solve(H, W, mask, Hv, grid, early_stop=False, row_fraction=1.0)
+    assert out.rows_used == 40
     np.testing.assert_allclose(out.val_errors, errs, rtol=1e-3)
     assert out.damp == grid[int(np.argmin(errs))]
     assert out.val_error == pytest.approx(min(errs), rel=1e-3)
+
+
+@pytest.mark.parametrize("seed", [1, 3, 5])
+def test_auto_damp_early_stop_scans_down_until_the_error_rises(seed):
+    """Scanned from the largest damp down, stopped at the first rise: the values it evaluates match the
+    float64 reference, the ones after the stop are None, and the pick is the best of those evaluated."""
+    H, W, mask = make_layer(seed=seed)
+    Hv, _, _ = make_layer(seed=seed + 1)
+    grid = (0.0, 0.01, 0.1, 1.0, 10.0)
+    errs = _reference_val_errors(H, W, mask, Hv, grid)
+    expect, best = [None] * len(grid), None
+    for i in sorted(range(len(grid)), key=lambda i: -grid[i]):
+        expect[i] = errs[i]
+        if best is not None and errs[i] >= errs[best]:
+            break
+        best = i
+    out = auto_damp_solve(H, W, mask, Hv, grid, row_fraction=1.0, grid_rtol=1e-6)
+    assert [e is None for e in out.val_errors] == [e is None for e in expect]
+    np.testing.assert_allclose([e for e in out.val_errors if e is not None],
+                               [e for e in expect if e is not None], rtol=1e-3)
+    assert out.damp == grid[best]
+
+
+def test_auto_damp_on_a_row_subset_solves_every_row_at_the_chosen_damp():
+    """With a subset for the grid (and its looser grid_rtol), the returned weights are the full solve at the
+    chosen damp: equal to the float64 reference to the caller's rtol."""
+    H, W, mask = make_layer(seed=7, out=256)
+    Hv, _, _ = make_layer(seed=8, out=256)
+    out = auto_damp_solve(H, W, mask, Hv, (0.0, 0.1, 1.0), row_fraction=0.1, min_rows=8)
+    assert out.rows_used == 26
+    lam = out.damp * float(np.mean(np.diag(H).astype(np.float64)))
+    check_close_to_optimum(H, W, mask, out.result, 1e-4, lam=lam)
+    assert bool(np.all(np.asarray(out.result.converged)))
 
 
 REAL_LAYERS = ["0.self_attn.q_proj", "0.self_attn.o_proj", "1.mlp.up_proj", "1.mlp.down_proj"]

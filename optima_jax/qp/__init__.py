@@ -7,10 +7,12 @@ from optima_jax.qp.problem import (
     create_qp,
 )
 from optima_jax.qp.rapdhg import PdhgConfig, raPDHG, solve_dense
-from optima_jax.qp.rows import AutoDampResult, RowSolveResult, auto_damp_solve, solve_rows, validation_error
+from optima_jax.qp.rows import (AutoDampResult, RowSolveResult, SharedPreconditioner, auto_damp_solve,
+                                shared_preconditioner, solve_rows, validation_error)
 
 __all__ = [
     "QuadraticProgrammingProblem", "SaddlePointOutput", "TerminationStatus", "create_lp", "create_qp",
     "PdhgConfig", "raPDHG", "solve_dense",
-    "AutoDampResult", "RowSolveResult", "auto_damp_solve", "solve_rows", "validation_error",
+    "AutoDampResult", "RowSolveResult", "SharedPreconditioner", "auto_damp_solve", "shared_preconditioner",
+    "solve_rows", "validation_error",
 ]

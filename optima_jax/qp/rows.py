@@ -74,7 +74,8 @@ class AutoDampResult(NamedTuple):
     result: RowSolveResult
     damp: float
     grid: tuple
-    val_errors: tuple       # trace(ΔW H_val ΔWᵀ) per grid value (estimated on `rows_used` rows, scaled to all rows)
+    val_errors: tuple       # trace(ΔW H_val ΔWᵀ) per grid value (estimated on `rows_used` rows, scaled to all
+                            # rows); None where the scan stopped before that value
     val_error: float        # trace(ΔW H_val ΔWᵀ) of the returned weights (all rows)
     rows_used: int
 
@@ -224,6 +225,39 @@ def _pcg_setup(Hd, dead, rho, *, preconditioner):
     return Hs, s, 0.5 * (Pinv + Pinv.T)
 
 
+@jax.jit
+def _pcg_setup_shared(Hd, dead, Pinv_ref, s_ref):
+    """Scaled Hessian Ĥ, scale s, and a reference preconditioner moved into this scaling.
+
+    Pinv_ref ≈ (S_r H_r S_r + ρI)⁻¹ for another damp, i.e. H_r⁻¹ ≈ S_r Pinv_ref S_r; in this solve's
+    coordinates (scale s) that is D Pinv_ref D with D = diag(s_ref / s). O(n²): no factorization."""
+    Hs, s = _pcg.scale_hessian(Hd, dead)
+    d = s_ref / s
+    return Hs, s, Pinv_ref * d[:, None] * d[None, :]
+
+
+class SharedPreconditioner(NamedTuple):
+    """An "inverse" preconditioner built once (`shared_preconditioner`) and reused by several exact solves
+    of the same H at other damps (auto damping's grid)."""
+
+    Pinv: jax.Array     # (n, n) (Ĥ_r + ρI)⁻¹ in the reference scaling
+    s: jax.Array        # (n,) the reference scaling diag(S_r)
+
+
+def shared_preconditioner(H, damp: float = 0.0, precond_rho: float = 1e-3) -> SharedPreconditioner:
+    """The exact method's inverse preconditioner for H damped by damp · mean(diag H), to pass to
+    `solve_rows(..., shared=...)` for solves of the same H at other damps."""
+    Hn = np.asarray(H, np.float32)
+    Hn = 0.5 * (Hn + Hn.T)
+    diag = np.diag(Hn).astype(np.float64)
+    mean_diag = float(diag.mean()) if len(diag) else 0.0
+    lam = float(damp) * (mean_diag if mean_diag > 0 else 1.0)
+    Hd = Hn + np.float32(lam) * np.eye(len(diag), dtype=np.float32)
+    _, s, Pinv = _pcg_setup(jnp.asarray(Hd), jnp.asarray(diag <= 0), jnp.float32(precond_rho),
+                            preconditioner="inverse")
+    return SharedPreconditioner(Pinv=Pinv, s=s)
+
+
 def _shard_map(fn, mesh, in_specs, out_specs):
     """shard_map without replication checks (jax.shard_map, or jax.experimental.shard_map on older JAX)."""
     if hasattr(jax, "shard_map"):
@@ -251,6 +285,7 @@ def solve_rows(
     where: str = "",
     preconditioner: str = "inverse",
     precond_rho: float = 1e-3,
+    shared: SharedPreconditioner | None = None,
 ) -> RowSolveResult:
     """OPTIMA's per-row weight update for one linear layer (see module docstring).
 
@@ -267,6 +302,8 @@ def solve_rows(
     preconditioner: exact only: "inverse" (masked shared (Ĥ+ρI)⁻¹, default) or "jacobi".
     precond_rho: ρ of the inverse preconditioner, relative to Ĥ's unit diagonal.
     iteration_limit: also caps exact's CG iterations per pass (at most min(iteration_limit, 4·in + 100)).
+    shared: exact only: reuse a preconditioner built by `shared_preconditioner` for this H at another damp
+        instead of factorizing (results are the same solution to rtol; only the iteration count changes).
     """
     _validate(H, W, keep_mask, where)
     if method not in ("exact", "direct", "rapdhg"):
@@ -317,8 +354,14 @@ def solve_rows(
     pcg_args = ()
     cfg = None
     if method == "exact":
-        Hs, s, Pinv = _pcg_setup(jnp.asarray(Hd), jnp.asarray(dead), jnp.float32(precond_rho),
-                                 preconditioner=preconditioner)
+        if shared is not None:
+            if tuple(shared.Pinv.shape) != (n, n):
+                raise OptimaError(f"shared preconditioner is {tuple(shared.Pinv.shape)}, H is {(n, n)}"
+                                  + (f" ({where})" if where else ""))
+            Hs, s, Pinv = _pcg_setup_shared(jnp.asarray(Hd), jnp.asarray(dead), shared.Pinv, shared.s)
+        else:
+            Hs, s, Pinv = _pcg_setup(jnp.asarray(Hd), jnp.asarray(dead), jnp.float32(precond_rho),
+                                     preconditioner=preconditioner)
         x0 = np.zeros_like(Wp) if W_init is None else padr(np.asarray(W_init, np.float32) - Wn, 0.0)
         x0 = np.where(fp, x0, dp).astype(np.float32)
         y0 = jnp.asarray(x0) / s[None, :]
@@ -351,14 +394,19 @@ def validation_error(W_new, W_dense, H_val) -> float:
 
 
 def auto_damp_solve(H, W, keep_mask, H_val, grid: Sequence[float] = (0.0, 0.01, 0.1, 1.0), *,
-                    row_fraction: float = 0.125, min_rows: int = 64, seed: int = 0, **solver_kw) -> AutoDampResult:
+                    row_fraction: float = 0.0625, min_rows: int = 32, seed: int = 0, grid_rtol: float = 1e-3,
+                    early_stop: bool = True, **solver_kw) -> AutoDampResult:
     """Pick the damp with the lowest validation error trace(ΔW H_val ΔWᵀ), then solve all rows with it.
 
     Rows are independent problems and the validation error is a sum over rows, so the grid is scored
-    on a random subset of max(min_rows, row_fraction·out) rows (all rows if that is not fewer), each
-    solve warm-started from the previous damp's solution; the chosen damp is then solved on all rows
-    (reusing the grid solve when the subset is every row). Cost ≈ (1 + len(grid)·row_fraction) solves.
-    solver_kw: passed to `solve_rows` (method, memory_budget_bytes, mesh, ...).
+    on a random subset of max(min_rows, row_fraction·out) rows (all rows if that is not fewer). The grid
+    is scanned from the largest damp down (the best-conditioned solves first), each solve warm-started
+    from the previous one and stopped at the looser `grid_rtol` (the errors only have to rank the damps).
+    early_stop: stop the scan at the first damp whose error is higher than the best so far (the
+    validation error is taken to be unimodal in the damp; the smallest damps are the slowest solves and
+    are then never run); their val_errors are None. The chosen damp is then solved on all rows to the
+    caller's rtol, reusing the grid's preconditioner for that damp (exact method), its subset rows
+    warm-started from the grid. solver_kw: passed to `solve_rows` (method, rtol, memory_budget_bytes, ...).
     """
     where = solver_kw.get("where", "")
     Hv = np.asarray(H_val)
@@ -368,6 +416,9 @@ def auto_damp_solve(H, W, keep_mask, H_val, grid: Sequence[float] = (0.0, 0.01, 
         raise OptimaError("H_val has non-finite entries" + (f" ({where})" if where else ""))
     if len(grid) == 0:
         raise OptimaError("auto_damp_solve needs a non-empty damp grid" + (f" ({where})" if where else ""))
+    if any(not (g >= 0 and math.isfinite(g)) for g in grid):
+        raise OptimaError(f"damp grid values must be finite and ≥ 0, got {tuple(grid)}" + (f" ({where})" if where else ""))
+    _validate(H, W, keep_mask, where)
     Wn = np.asarray(W, np.float32)
     mask = np.asarray(keep_mask)
     R = Wn.shape[0]
@@ -375,18 +426,28 @@ def auto_damp_solve(H, W, keep_mask, H_val, grid: Sequence[float] = (0.0, 0.01, 
     rows = np.sort(np.random.default_rng(seed).choice(R, m, replace=False)) if m < R else np.arange(R)
     kw = dict(solver_kw)
     init = kw.pop("W_init", None)
+    final_rtol = kw.pop("rtol", 1e-4)
+    grid = tuple(float(g) for g in grid)
+    own_setup = kw.get("method", "exact") == "exact" and kw.get("preconditioner", "inverse") == "inverse"
     prev = None if init is None else np.asarray(init, np.float32)[rows]
-    errs, results = [], []
-    for g in grid:
-        r = solve_rows(H, Wn[rows], mask[rows], damp=float(g), W_init=prev, **kw)
+    errs = [None] * len(grid)
+    best = None                      # (error, grid index, result on the subset, preconditioner)
+    for gi in sorted(range(len(grid)), key=lambda i: -grid[i]):
+        pre = shared_preconditioner(H, grid[gi], kw.get("precond_rho", 1e-3)) if own_setup else None
+        r = solve_rows(H, Wn[rows], mask[rows], damp=grid[gi], W_init=prev,
+                       rtol=final_rtol if m == R else min(grid_rtol, final_rtol), shared=pre, **kw)
         prev = np.asarray(r.weight)
-        errs.append(validation_error(r.weight, Wn[rows], Hv) * (R / m))
-        results.append(r)
-    best = int(np.argmin(errs))
+        errs[gi] = validation_error(prev, Wn[rows], Hv) * (R / m)
+        if best is None or errs[gi] < best[0]:
+            best = (errs[gi], gi, r, pre)
+        elif early_stop:
+            break
+    _, bi, sub, pre = best
     if m == R:
-        final = results[best]
+        final = sub
     else:
-        kw2 = dict(kw)
-        final = solve_rows(H, Wn, mask, damp=float(grid[best]), W_init=init, **kw2)
-    return AutoDampResult(result=final, damp=float(grid[best]), grid=tuple(float(g) for g in grid),
-                          val_errors=tuple(errs), val_error=validation_error(final.weight, Wn, Hv), rows_used=m)
+        start = np.where(mask, Wn, 0.0).astype(np.float32) if init is None else np.array(init, np.float32)
+        start[rows] = np.asarray(sub.weight)
+        final = solve_rows(H, Wn, mask, damp=grid[bi], W_init=start, rtol=final_rtol, shared=pre, **kw)
+    return AutoDampResult(result=final, damp=grid[bi], grid=grid, val_errors=tuple(errs),
+                          val_error=validation_error(final.weight, Wn, Hv), rows_used=m)

@@ -74,7 +74,7 @@ def update_optima(W, selection, stats, H_val=None, *, method="exact", damp=0.0, 
       raise OptimaError("solver.auto_damp needs a validation set: set calibration.validation_source")
     auto = qp.auto_damp_solve(stats.H, W, selection.keep_mask, H_val, grid=tuple(auto_damp_grid), **kw)
     info["damp"] = float(auto.damp)
-    info["val_errors_by_damp"] = [float(e) for e in auto.val_errors]
+    info["val_errors_by_damp"] = [None if e is None else float(e) for e in auto.val_errors]
     res = auto.result
   else:
     res = qp.solve_rows(stats.H, W, selection.keep_mask, damp=damp, **kw)
