@@ -145,7 +145,8 @@ def main():
                                          "solver": cfg.solver.to_dict()},
                     linears=[{k: r.get(k) for k in ("layer", "ratio", "val_ratio", "err_selector", "err_update",
                                                     "skipped", "skip_reason", "damp", "iterations_max",
-                                                    "converged_fraction")} for r in rows])
+                                                    "converged_fraction", "best_lr", "diverged", "fallback")}
+                                 for r in rows])
         cell["mean_ratio"] = float(np.mean([r["ratio"] for r in rows if r["ratio"] is not None] or [np.nan]))
         cell["skipped"] = int(sum(r["skipped"] for r in rows))
       cell["prune_s"] = time.perf_counter() - t0
@@ -184,7 +185,25 @@ def render(results: dict) -> str:
       lines.append(f"| {c['row']} | " + " | ".join(fmt(e) for e in evals) +
                    f" | {c['mean_ratio']:.3f} | {c['skipped']} | {t['hessians_s']:.0f} | {t['select_s']:.0f} | "
                    f"{t['update_s']:.0f} | {c['prune_s']:.0f} |")
+    lines += [adam_summary(c) for c in cells if c["regime"] == regime and "+adam" in c["row"]]
   return "\n".join(lines) + "\n"
+
+
+def adam_summary(cell: dict) -> str:
+  """One line on ADAM's stability in a cell: which lr won per linear, how many linears had a diverging lr
+  (final error non-finite or above the start), and how many fell back to the selector's weights."""
+  lin = [r for r in cell["linears"] if r.get("diverged") is not None]
+  if not lin:
+    return ""
+  best, div = {}, {}
+  for r in lin:
+    best[r["best_lr"]] = best.get(r["best_lr"], 0) + 1
+    for lr, d in r["diverged"].items():
+      div[lr] = div.get(lr, 0) + int(bool(d))
+  fb = sum(bool(r.get("fallback")) for r in lin)
+  fmt = lambda d: ", ".join(f"{k}: {v}" for k, v in sorted(d.items(), key=lambda kv: str(kv[0])))
+  return (f"\n{cell['row']} ({len(lin)} linears): best lr {{{fmt(best)}}}; linears where an lr diverged "
+          f"{{{fmt(div)}}}; fell back to the selector's weights: {fb}.\n")
 
 
 if __name__ == "__main__":

@@ -94,7 +94,8 @@ def make_pruner(cfg, rows_mesh=None):
         "skipped": skipped, "skip_reason": skip_reason,
         "seconds_select": t1 - t0, "seconds_update": t2 - t1,
         **{k: v for k, v in upd.info.items() if k in ("damp", "iterations_mean", "iterations_max",
-                                                       "converged_fraction", "best_lr", "diverged")},
+                                                       "converged_fraction", "best_lr", "diverged",
+                                                       "fallback")},
     }
     for k in ("err_selector", "err_update"):
       if isinstance(row[k], float) and math.isnan(row[k]):
