@@ -55,9 +55,9 @@ def table(sizes: dict[int, dict], rows: list[str], regime: str) -> str:
         c = next((c for c in sizes[n]["cells"] if c["row"] == row and c["regime"] == regime), None)
         cells.append(f"{c['ppl'][e]:.2f}" if c else "–")
       lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    lines.append("\nseconds per cell (pruning, without evaluation): " + "; ".join(
-        f"n={n}: " + ", ".join(f"{c['row']} {c['prune_s']:.0f}" for c in sizes[n]["cells"]
-                               if c["row"] in rows and c["regime"] == regime) for n in ns))
+  lines.append("\nWall seconds per cell, pruning only (evaluation excluded): " + "; ".join(
+      f"n={n}: " + ", ".join(f"{c['row']} {c['prune_s']:.0f}" for c in sizes[n]["cells"]
+                             if c["row"] in rows and c["regime"] == regime) for n in ns) + ".")
   return "\n".join(lines) + "\n"
 
 
