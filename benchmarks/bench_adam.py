@@ -16,16 +16,12 @@ random subset of --rows output rows per layer (seeded) measures the same ratios 
 from __future__ import annotations
 
 import argparse
-import glob
-import os
-from pathlib import Path
-
 import numpy as np
 
+from capture_layers import emit_table, layer_pairs, output_error
 
-def err(Wx, W0, H):
-  D = (np.asarray(Wx, np.float64) - W0.astype(np.float64))
-  return float(np.einsum("ri,ij,rj->", D, H.astype(np.float64), D))
+
+err = output_error
 
 
 def main():
@@ -51,12 +47,7 @@ def main():
   lines = ["Cells: error ratio update / mask-only, in domain (H) / out of domain (H_val); "
            "**x** marks an ADAM run that diverged (final error above the start or non-finite).", "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  for path in sorted(glob.glob(os.path.join(args.calib, "*.npz"))):
-    other = Path(args.val) / Path(path).name
-    if not other.exists():
-      continue
-    z, zv = np.load(path), np.load(other)
-    W, H, mask, Hv = z["W"], z["H"], z["keep_mask"].astype(bool), zv["H"]
+  for name, W, H, mask, Hv in layer_pairs(args.calib, args.val):
     if args.rows and args.rows < W.shape[0]:
       idx = np.sort(np.random.default_rng(0).choice(W.shape[0], args.rows, replace=False))
       W, mask = W[idx], mask[idx]
@@ -75,13 +66,9 @@ def main():
         diverged = not np.isfinite(e) or e > base        # adam_update's rule: ended above the start
         cells.append((f"{e / base:.3f} / {err(V, W, Hv) / base_v:.3f}" if np.isfinite(e) else "nan") +
                      (" **x**" if diverged else ""))
-    name = Path(path).stem.split("__")[-1]
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
     print(lines[-1], flush=True)
-  text = "\n".join(lines) + "\n"
-  print(text)
-  if args.out:
-    Path(args.out).write_text(text)
+  emit_table(lines, args.out)
 
 
 if __name__ == "__main__":

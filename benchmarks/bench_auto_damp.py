@@ -17,20 +17,15 @@ is compared with one solve at --fixed and with one solve at the damp it picked. 
 from __future__ import annotations
 
 import argparse
-import glob
-import os
 import time
-from pathlib import Path
-
 import numpy as np
+
+from capture_layers import emit_table, layer_pairs, output_error
 
 
 def ratio(Wn, W0, mask, H):
   """Output error of Wn over that of the mask-only weights, both against the dense W0, under H."""
-  def err(Wx):
-    D = (Wx - W0).astype(np.float64)
-    return float(np.einsum("ri,ij,rj->", D, H.astype(np.float64), D))
-  return err(Wn) / err(np.where(mask, W0, 0.0))
+  return output_error(Wn, W0, H) / output_error(np.where(mask, W0, 0.0), W0, H)
 
 
 def main():
@@ -49,12 +44,7 @@ def main():
            "auto / fixed at picked | " + " | ".join(f"ratio in/out @ {g:g}" for g in grid) + " |",
            "|---|---|---|---|---|---|---|" + "---|" * len(grid)]
   total_fixed = total_auto = total_picked = 0.0
-  for path in sorted(glob.glob(os.path.join(args.calib, "*.npz"))):
-    other = Path(args.val) / Path(path).name
-    if not other.exists():
-      continue
-    z, zv = np.load(path), np.load(other)
-    W, H, mask, Hv = z["W"], z["H"], z["keep_mask"], zv["H"]
+  for layer, W, H, mask, Hv in layer_pairs(args.calib, args.val):
     init = np.where(mask, W, 0.0)
 
     def fixed():
@@ -89,16 +79,12 @@ def main():
     for g in grid:
       Wg = np.asarray(solve_rows(H, W, mask, damp=g, W_init=init).weight)
       cells.append(f"{ratio(Wg, W, mask, H):.3f} / {ratio(Wg, W, mask, Hv):.3f}")
-    layer = Path(path).stem.split("__")[-1]
     lines.append(f"| {layer} | {times['fixed']:.2f} | {times['auto']:.2f} | {times['auto'] / times['fixed']:.2f} | "
                  f"{picked:g} | {times['picked']:.2f} | {times['auto'] / times['picked']:.2f} | " + " | ".join(cells) + " |")
     print(lines[-1], flush=True)
   lines.append(f"| all | {total_fixed:.2f} | {total_auto:.2f} | {total_auto / max(total_fixed, 1e-9):.2f} | | "
                f"{total_picked:.2f} | {total_auto / max(total_picked, 1e-9):.2f} | " + " | " * len(grid))
-  text = "\n".join(lines) + "\n"
-  print(text)
-  if args.out:
-    Path(args.out).write_text(text)
+  emit_table(lines, args.out)
 
 
 if __name__ == "__main__":
