@@ -117,13 +117,37 @@ def sync(name: str):
     multihost_utils.sync_global_devices(name)
 
 
+def _to_int32_words(v) -> np.ndarray:
+  """A Python int/bool/float as int32/float32 words that survive a broadcast without x64: ints (e.g. free
+  disk bytes, which pass 2**31) split into a high and a low 31-bit word, exact for |v| < 2**61."""
+  if isinstance(v, (bool, np.bool_)):
+    return np.asarray(v)
+  if isinstance(v, (int, np.integer)):
+    v = int(v)
+    if abs(v) >= 2 ** 61:
+      raise ValueError(f"broadcast_from_main: integer {v} is out of range (|v| < 2**61)")
+    return np.asarray([v >> 31, v & (2 ** 31 - 1)], np.int32)
+  return np.asarray(v)
+
+
+def _from_int32_words(template, got):
+  got = np.asarray(got)
+  if isinstance(template, (bool, np.bool_)):
+    return bool(got.item())
+  if isinstance(template, (int, np.integer)):
+    return (int(got[0]) << 31) + int(got[1])
+  return got.item()
+
+
 def broadcast_from_main(value):
-  """Process 0's value of a small pytree of numbers/bools on every process (identity with one process)."""
+  """Process 0's value of a small pytree of Python numbers/bools on every process (identity with one
+  process). Integers are exact up to 2**61 (they travel as two int32 words; jax without x64 would wrap
+  them at 2**31); floats travel as float32."""
   if not is_multiprocess():
     return value
   from jax.experimental import multihost_utils
-  return jax.tree.map(lambda v: np.asarray(v).item(),
-                      multihost_utils.broadcast_one_to_all(jax.tree.map(np.asarray, value)))
+  got = multihost_utils.broadcast_one_to_all(jax.tree.map(_to_int32_words, value))
+  return jax.tree.map(_from_int32_words, value, got)
 
 
 # --------------------------------------------------------------------------- block params over the mesh

@@ -109,3 +109,34 @@ def test_two_process_distributed_matches_single_process(model_dir, reference, tm
   outs = _two_processes(model_dir, out)
   assert "resuming at block 3 of 3" in outs[0][1]
   _assert_same(reference, _pruned(out), "2 processes, resumed")
+
+
+_BROADCAST_SCRIPT = """
+import jax
+from optima_jax import sharding
+sharding.maybe_initialize_distributed(True)
+pid = jax.process_index()
+# Free disk bytes pass 2**31 (CI once saw "-881.2 MiB free" from an int32 wrap); bools and floats ride along.
+value = {"free": 70 * 2**30 + 12345 + pid, "neg": -(2**40) - 7 - pid, "ok": pid == 0, "x": 0.5 + pid}
+print(sharding.broadcast_from_main(value))
+"""
+
+
+def test_broadcast_from_main_is_exact_for_large_integers_across_processes():
+  addr = f"localhost:{_free_port()}"
+  procs = [subprocess.Popen(["python3", "-c", _BROADCAST_SCRIPT], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env=_env(1, JAX_COORDINATOR_ADDRESS=addr, JAX_NUM_PROCESSES="2",
+                                     JAX_PROCESS_ID=str(pid)))
+           for pid in (0, 1)]
+  try:
+    outs = [p.communicate(timeout=TIMEOUT) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  want = {"free": 70 * 2**30 + 12345, "neg": -(2**40) - 7, "ok": True, "x": 0.5}
+  for pid, (p, (so, se)) in enumerate(zip(procs, outs)):
+    assert p.returncode == 0, f"process {pid}:\n{se[-4000:]}"
+    assert so.strip().splitlines()[-1] == str(want), f"process {pid} got {so.strip()}"
