@@ -53,6 +53,24 @@ def set_key(cfg, key: str, value: str):
     node[parts[-1]] = value
 
 
+SETUP_KEYS = ("model", "calib", "nsamples", "seqlen", "seed", "validation", "eval_seqlen", "eval_windows", "set")
+
+
+def check_same_setup(out: Path, setup: dict | None, args) -> None:
+  """Refuse to add cells to a results file written with other settings (their numbers would not compare)."""
+  if not setup:
+    return
+  now = {"model": args.model, "calib": args.calib, "nsamples": args.nsamples, "seqlen": args.seqlen,
+         "seed": args.seed, "validation": args.validation, "eval_seqlen": args.eval_seqlen,
+         "eval_windows": args.eval_windows, "set": args.set}
+  diff = [f"{k}: file {setup.get(k)!r}, now {now[k]!r}" for k in SETUP_KEYS if setup.get(k) != now[k]]
+  if setup.get("eval") and set(args.eval.split(",")) - {""} != set(setup["eval"]):
+    diff.append(f"eval: file {setup['eval']!r}, now {args.eval!r}")
+  if diff:
+    raise SystemExit(f"error: {out} was written with other settings ({'; '.join(diff)}); "
+                     "use another --out or the same settings")
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--model", required=True)
@@ -83,6 +101,7 @@ def main():
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   results = json.loads(out.read_text()) if out.exists() else {"cells": []}
+  check_same_setup(out, results.get("setup"), args)
   done = {(c["regime"], c["row"]) for c in results["cells"]}
 
   t = time.perf_counter()
