@@ -18,7 +18,9 @@ own weights are used (mask only for magnitude/Wanda). Overrides after @ set conf
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import os
 import time
 from pathlib import Path
 
@@ -54,6 +56,17 @@ def set_key(cfg, key: str, value: str):
 
 
 SETUP_KEYS = ("model", "calib", "nsamples", "seqlen", "seed", "validation", "eval_seqlen", "eval_windows", "set")
+
+
+def hold_lock(out: Path):
+  """An exclusive lock on `out` for this process: two runs appending to one results file would each
+  rewrite it from their own copy and lose the other's cells."""
+  f = open(out.with_name(out.name + ".lock"), "w")
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    raise SystemExit(f"error: another run is writing {out}; wait for it or use another --out") from None
+  return f
 
 
 def check_same_setup(out: Path, setup: dict | None, args) -> None:
@@ -100,6 +113,7 @@ def main():
 
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
+  lock = hold_lock(out)  # noqa: F841  (held until the process exits)
   results = json.loads(out.read_text()) if out.exists() else {"cells": []}
   check_same_setup(out, results.get("setup"), args)
   done = {(c["regime"], c["row"]) for c in results["cells"]}
@@ -171,7 +185,9 @@ def main():
       cell["prune_s"] = time.perf_counter() - t0
       cell["ppl"] = ppl_all(model)
       results["cells"].append(cell)
-      out.write_text(json.dumps(results, indent=1, default=float))
+      tmp = out.with_name(out.name + ".tmp")
+      tmp.write_text(json.dumps(results, indent=1, default=float))
+      os.replace(tmp, out)  # a run killed mid-write leaves the previous file whole
       print(f"{regime:>8} {row:<40} " + "  ".join(f"{k}: {v:.3f}" for k, v in cell["ppl"].items()) +
             f"  ({cell['prune_s']:.0f}s)", flush=True)
   Path(out.with_suffix(".md")).write_text(render(results))
