@@ -67,7 +67,13 @@ def _block(W, U, sq, prune_all, i1, count, *, kind, k_row, k_layer, n, m, mask_s
         R = Hbb * pf[:, None] * pf[None, :] + eye * (1 - pf)[None, :]
         return jnp.linalg.solve(R, pf * wb)
 
-    X = lax.map(solve_row, (pb, Wb), batch_size=min(row_chunk, out))   # (out, count), zero off q
+    # Rows padded to a multiple of the chunk (padding rows remove nothing: R = I, x = 0): lax.map's
+    # own remainder path (a vmapped solve after the scan) hangs XLA on CPU (jax 0.10, out = 1100,
+    # chunk 1024), e.g. SmolLM2's gate_proj (1536 rows).
+    chunk = min(row_chunk, out)
+    pad = (-out) % chunk
+    X = lax.map(solve_row, (jnp.pad(pb, ((0, pad), (0, 0))), jnp.pad(Wb, ((0, pad), (0, 0)))),
+                batch_size=chunk)[:out]                               # (out, count), zero off q
     W = W - mm(X, Hrows)
     prune_all = lax.dynamic_update_slice(prune_all, pb, (0, i1))
     W = jnp.where(prune_all, 0, W)
