@@ -73,9 +73,7 @@ def check_same_setup(out: Path, setup: dict | None, args) -> None:
   """Refuse to add cells to a results file written with other settings (their numbers would not compare)."""
   if not setup:
     return
-  now = {"model": args.model, "calib": args.calib, "nsamples": args.nsamples, "seqlen": args.seqlen,
-         "seed": args.seed, "validation": args.validation, "eval_seqlen": args.eval_seqlen,
-         "eval_windows": args.eval_windows, "set": args.set}
+  now = {k: getattr(args, k) for k in SETUP_KEYS}
   diff = [f"{k}: file {setup.get(k)!r}, now {now[k]!r}" for k in SETUP_KEYS if setup.get(k) != now[k]]
   if setup.get("eval") and set(args.eval.split(",")) - {""} != set(setup["eval"]):
     diff.append(f"eval: file {setup['eval']!r}, now {args.eval!r}")
