@@ -129,6 +129,40 @@ def test_rapdhg_loose_tolerance_rows_stop_on_their_own(layer):
     assert np.all(row_objective(H, W, res.weight) >= ref_obj - 1e-4 * ref_obj.max())
 
 
+def test_rapdhg_rows_leave_and_join_the_batch_without_changing_their_iterates():
+    """The segmented rAPDHG (finished rows leave, waiting rows take their slots, the batch shrinks) gives
+    every row exactly what one vmapped solve_dense gives it: same weights, same iteration counts."""
+    import jax
+    import jax.numpy as jnp
+    from optima_jax.qp import solve_dense
+    from optima_jax.qp.problem import TerminationStatus
+    from optima_jax.qp.rapdhg import PdhgConfig
+
+    H, W, mask = make_layer(n=40, out=29, T=160, seed=5)
+    cfg = PdhgConfig(eps_abs=1e-4, eps_rel=1e-4, iteration_limit=100_000)
+    Hs = (0.5 * (H + H.T)).astype(np.float32)
+    fixed = np.where(mask, 0.0, -W).astype(np.float32)
+    live = np.diag(Hs) > 0
+    free = mask & live[None, :]
+    n = Hs.shape[0]
+
+    def one(f, d):
+        lo, hi = jnp.where(f, -jnp.inf, d), jnp.where(f, jnp.inf, d)
+        return solve_dense(jnp.asarray(Hs), jnp.zeros(n), jnp.zeros((0, n)), jnp.zeros(0), lo, hi,
+                           jnp.zeros(0, bool), 0.0, d, jnp.zeros(0), cfg)
+
+    x, _, status, its, _ = jax.jit(jax.vmap(one))(jnp.asarray(free), jnp.asarray(fixed))
+    ref = np.where(mask, W + np.asarray(x), 0.0)
+    assert len(set(np.asarray(its).tolist())) >= 3           # rows finish at different iterations
+    for kw in (dict(), dict(memory_budget_bytes=4 * 48 * n * 5, rapdhg_segment=64), dict(rapdhg_segment=7)):
+        r = solve_rows(H, W, mask, method="rapdhg", eps_abs=1e-4, eps_rel=1e-4, **kw)
+        np.testing.assert_allclose(np.asarray(r.weight), ref, rtol=1e-6, atol=1e-7, err_msg=str(kw))
+        np.testing.assert_array_equal(np.asarray(r.iterations), np.asarray(its), err_msg=str(kw))
+        np.testing.assert_array_equal(np.asarray(r.converged), np.asarray(status) == int(TerminationStatus.OPTIMAL), err_msg=str(kw))
+    with pytest.raises(OptimaError, match="rapdhg_segment must be"):
+        solve_rows(H, W, mask, method="rapdhg", rapdhg_segment=0)
+
+
 def test_batching_by_memory_budget_and_warm_start(layer):
     H, W, mask = layer
     full = solve_rows(H, W, mask, method="exact")

@@ -188,23 +188,28 @@ def _zero_point(n, m, dtype):
     return _Point(z, w, w, z, z)
 
 
-def solve_dense(Q, c, A, b, l, u, eq, const, x0, y0, cfg: PdhgConfig):
-    """raPDHG on dense arrays. Q (n,n), c (n,), A (m,n), b (m,), l/u (n,), eq bool (m,), x0 (n,), y0 (m,).
+class _Setup(NamedTuple):
+    """Everything `start`/`advance`/`finish` derive from the problem data (recomputed, deterministic)."""
+    orig: _Problem
+    sp: _Problem          # the rescaled problem
+    D: jax.Array
+    E: jax.Array
+    normQ: jax.Array
+    normA: jax.Array
+    omega0: jax.Array
+    smoothing: jax.Array
 
-    Returns (x, y, status, iterations, convergence-info tuple) for the original (unscaled) problem.
-    Pure and jittable; vmap it over any of the arguments.
-    """
+
+def _setup(Q, c, A, b, l, u, eq, const, cfg: PdhgConfig) -> _Setup:
     dtype = jnp.result_type(Q.dtype, jnp.float32)
     Q, c, A, b, l, u = (jnp.asarray(t, dtype) for t in (Q, c, A, b, l, u))
-    m, n = A.shape
+    m = A.shape[0]
     const = jnp.asarray(const, dtype)
     orig = _Problem(Q, c, A, b, l, u, eq, const)
     Qs, As, E, D = rescale(Q, A, cfg)
     sp = _Problem(Qs, c / D, As, b / E, l * D, u * D, eq, const)
     normQ = spectral_norm(Qs, cfg.power_iterations, True)
     normA = spectral_norm(As, cfg.power_iterations, False)
-    ord_ = cfg.optimality_norm
-    eps_ratio = cfg.eps_abs / cfg.eps_rel
     if cfg.scale_invariant_initial_primal_weight:
         cn, bn = jnp.linalg.norm(sp.c), jnp.linalg.norm(sp.b) if m else jnp.zeros((), dtype)
         omega0 = jnp.where((cn > 0) & (bn > 0), cfg.primal_importance * cn / jnp.where(bn > 0, bn, 1.0),
@@ -212,17 +217,16 @@ def solve_dense(Q, c, A, b, l, u, eq, const, x0, y0, cfg: PdhgConfig):
     else:
         omega0 = jnp.asarray(cfg.primal_importance, dtype)
     smoothing = jnp.where(normQ > 0, cfg.primal_weight_update_smoothing, 0.5)
+    return _Setup(orig, sp, D, E, normQ, normA, jnp.asarray(omega0, dtype), smoothing)
 
-    def point(x, y):
-        return _Point(x, y, sp.A @ x, sp.A.T @ y, sp.Q @ x)
 
-    xs0 = jnp.clip(jnp.asarray(x0, dtype) * D, sp.l, sp.u)
-    p0 = point(xs0, jnp.asarray(y0, dtype) * E)
-    nan = jnp.asarray(jnp.nan, dtype)
-    st = _State(cur=p0, avg=p0, last=p0, k=jnp.zeros((), jnp.int32), wsum=jnp.zeros((), dtype),
-                step=jnp.ones((), dtype), omega=jnp.asarray(omega0, dtype), last_ratio=jnp.ones((), dtype),
-                it=jnp.zeros((), jnp.int32), done=jnp.zeros((), bool),
-                status=jnp.asarray(int(TerminationStatus.UNSPECIFIED), jnp.int32), out=(nan,) * 9)
+def _steps(su: _Setup, cfg: PdhgConfig):
+    """The algorithm's three moves on a state: one PDHG step, a restart check, a termination check."""
+    sp, normQ, normA, D, E = su.sp, su.normQ, su.normA, su.D, su.E
+    m, n = sp.A.shape
+    dtype = sp.Q.dtype
+    ord_ = cfg.optimality_norm
+    eps_ratio = cfg.eps_abs / cfg.eps_rel
 
     def take_step(s: _State) -> _State:
         kf = s.k.astype(dtype)
@@ -261,18 +265,15 @@ def solve_dense(Q, c, A, b, l, u, eq, const, x0, y0, cfg: PdhgConfig):
         dy = jnp.linalg.norm(s.avg.y - s.last.y) if m else jnp.zeros((), dtype)
         tiny = jnp.finfo(dtype).eps
         ok = (dx > tiny) & (dy > tiny)
-        new_omega = jnp.where(ok, jnp.exp(smoothing * jnp.log(jnp.where(ok, dy / jnp.where(ok, dx, 1.0), 1.0))
-                                          + (1 - smoothing) * jnp.log(s.omega)), s.omega)
+        new_omega = jnp.where(ok, jnp.exp(su.smoothing * jnp.log(jnp.where(ok, dy / jnp.where(ok, dx, 1.0), 1.0))
+                                          + (1 - su.smoothing) * jnp.log(s.omega)), s.omega)
         zero = _zero_point(n, m, dtype)
         restarted = s._replace(cur=cand, avg=zero, last=cand, k=jnp.zeros_like(s.k), wsum=jnp.zeros_like(s.wsum),
                                omega=new_omega, last_ratio=ratio)
         return jax.tree_util.tree_map(lambda a, b_: jnp.where(do, a, b_), restarted, s)
 
-    def unscale(pt: _Point) -> _Point:
-        return _Point(pt.x / D, pt.y / E, pt.Ax * E, pt.ATy * D, pt.Qx * D)
-
     def check(s: _State) -> _State:
-        ci = _convergence(orig, unscale(s.avg), eps_ratio, ord_)
+        ci = _convergence(su.orig, _unscale(s.avg, D, E), eps_ratio, ord_)
         optimal = (ci[6] < cfg.eps_rel) & (ci[5] < cfg.eps_rel) & (ci[8] < cfg.eps_rel)
         finite = jnp.all(jnp.isfinite(s.avg.x)) & jnp.all(jnp.isfinite(s.avg.y))
         limit = s.it >= cfg.iteration_limit
@@ -281,24 +282,72 @@ def solve_dense(Q, c, A, b, l, u, eq, const, x0, y0, cfg: PdhgConfig):
                                      jnp.where(limit, int(TerminationStatus.ITERATION_LIMIT), s.status)))
         return s._replace(done=optimal | limit | ~finite, status=status.astype(jnp.int32), out=ci)
 
-    # initial iterations: restart check before every single step (no termination check)
+    return take_step, maybe_restart, check
+
+
+def _unscale(pt: _Point, D, E) -> _Point:
+    return _Point(pt.x / D, pt.y / E, pt.Ax * E, pt.ATy * D, pt.Qx * D)
+
+
+def start(Q, c, A, b, l, u, eq, const, x0, y0, cfg: PdhgConfig) -> _State:
+    """The state after raPDHG's initial iterations (a restart check before every step) from (x0, y0).
+
+    With `advance` and `finish` this is `solve_dense` cut into pieces, so a caller can run a batch of
+    problems in segments and drop the finished ones in between (the iterates are the same)."""
+    su = _setup(Q, c, A, b, l, u, eq, const, cfg)
+    dtype = su.sp.Q.dtype
+    m, n = su.sp.A.shape
+    sp = su.sp
+    x = jnp.clip(jnp.asarray(x0, dtype) * su.D, sp.l, sp.u)
+    y = jnp.asarray(y0, dtype) * su.E
+    p0 = _Point(x, y, sp.A @ x, sp.A.T @ y, sp.Q @ x)
+    nan = jnp.asarray(jnp.nan, dtype)
+    st = _State(cur=p0, avg=p0, last=p0, k=jnp.zeros((), jnp.int32), wsum=jnp.zeros((), dtype),
+                step=jnp.ones((), dtype), omega=su.omega0, last_ratio=jnp.ones((), dtype),
+                it=jnp.zeros((), jnp.int32), done=jnp.zeros((), bool),
+                status=jnp.asarray(int(TerminationStatus.UNSPECIFIED), jnp.int32), out=(nan,) * 9)
+    take_step, maybe_restart, _ = _steps(su, cfg)
     n_init = min(cfg.initial_iterations, max(cfg.iteration_limit, 0))
-    st = jax.lax.fori_loop(0, n_init, lambda i, s: take_step(maybe_restart(s)), st)
+    return jax.lax.fori_loop(0, n_init, lambda i, s: take_step(maybe_restart(s)), st)
+
+
+def advance(Q, c, A, b, l, u, eq, const, st: _State, cfg: PdhgConfig, until=2**31 - 1) -> _State:
+    """Run raPDHG's main loop on `st` (from `start` or a previous `advance`) until it terminates or its
+    iteration count reaches `until` (checked between blocks of termination_evaluation_frequency steps)."""
+    su = _setup(Q, c, A, b, l, u, eq, const, cfg)
+    take_step, maybe_restart, check = _steps(su, cfg)
     freq = cfg.termination_evaluation_frequency
 
     def body(s):
         s = check(s)
 
-        def advance(s):
+        def go(s):
             s = maybe_restart(s)
             steps = jnp.minimum(freq, jnp.maximum(cfg.iteration_limit - s.it, 1))
             return jax.lax.fori_loop(0, steps, lambda i, t: take_step(t), s)
 
-        return jax.lax.cond(s.done, lambda t: t, advance, s)
+        return jax.lax.cond(s.done, lambda t: t, go, s)
 
-    st = jax.lax.while_loop(lambda s: ~s.done, body, st)
-    fin = unscale(st.avg)
+    return jax.lax.while_loop(lambda s: ~s.done & (s.it < until), body, st)
+
+
+def finish(Q, c, A, b, l, u, eq, const, st: _State, cfg: PdhgConfig):
+    """(x, y, status, iterations, convergence info) of a terminated state, for the original problem."""
+    su = _setup(Q, c, A, b, l, u, eq, const, cfg)
+    fin = _unscale(st.avg, su.D, su.E)
     return fin.x, fin.y, st.status, st.it, st.out
+
+
+def solve_dense(Q, c, A, b, l, u, eq, const, x0, y0, cfg: PdhgConfig):
+    """raPDHG on dense arrays. Q (n,n), c (n,), A (m,n), b (m,), l/u (n,), eq bool (m,), x0 (n,), y0 (m,).
+
+    Returns (x, y, status, iterations, convergence-info tuple) for the original (unscaled) problem.
+    Pure and jittable; vmap it over any of the arguments.
+    """
+    prob = (Q, c, A, b, l, u, eq, const)
+    st = start(*prob, x0, y0, cfg)
+    st = advance(*prob, st, cfg)
+    return finish(*prob, st, cfg)
 
 
 def _problem_arrays(problem):

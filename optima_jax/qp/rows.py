@@ -17,8 +17,10 @@ Methods
     (B, k, k) batch (k = largest number of free entries in a row, padded with identity), batched
     Cholesky, one step of iterative refinement. Rows are independent, so batching is exact.
   * "rapdhg": the paper's formulation: box-only QP (pruned entries fixed by l = u), solved by our
-    raPDHG (`optima_jax.qp.rapdhg.solve_dense`) vmapped over rows with H shared, so each iteration does
-    one matmul H @ Z over the batch; every row stops on its own MPAX-style termination test.
+    raPDHG (`optima_jax.qp.rapdhg`) vmapped over rows with H shared, so each iteration does one matmul
+    H @ Z over the batch; every row stops on its own MPAX-style termination test. The batch runs in
+    segments: finished rows leave it and waiting rows take their slots, so the cost is the sum of the
+    rows' iterations, not rows x the slowest row's.
 
 Dead input channels (diag H == 0, e.g. an input that is always zero) carry no signal: their kept
 weights are left unchanged (Δ_i = 0) and excluded from the solve. Singular H (fewer tokens than
@@ -40,7 +42,8 @@ import numpy as np
 from optima_jax.errors import OptimaError
 from optima_jax.qp import pcg as _pcg
 from optima_jax.qp.problem import TerminationStatus
-from optima_jax.qp.rapdhg import PdhgConfig, solve_dense
+from optima_jax.qp import rapdhg as _pdhg
+from optima_jax.qp.rapdhg import PdhgConfig
 
 _JITTERS = (0.0, 1e-6, 1e-5, 1e-4, 1e-3)
 
@@ -158,23 +161,116 @@ def _pcg_batch(Hs, s, Pinv, max_iter, rtol, W, free, fixed_delta, y0):
     return delta, res, it1 + it2, ok
 
 
-def _rapdhg_batch(Hd, cfg: PdhgConfig, W, free, fixed_delta, x0):
-    """rAPDHG for B rows sharing Hd. Bounds: l = u = fixed value on non-free entries, ±inf on free ones."""
+def _row_qp(Hd, free, fixed_delta):
+    """One row's box-only QP (raPDHG's argument tuple): l = u = the fixed value on non-free entries."""
     n = Hd.shape[0]
     lo = jnp.where(free, -jnp.inf, fixed_delta)
     hi = jnp.where(free, jnp.inf, fixed_delta)
-    A = jnp.zeros((0, n), Hd.dtype)
-    e = jnp.zeros((0,), Hd.dtype)
-    eq = jnp.zeros((0,), bool)
-    c = jnp.zeros((n,), Hd.dtype)
+    return (Hd, jnp.zeros((n,), Hd.dtype), jnp.zeros((0, n), Hd.dtype), jnp.zeros((0,), Hd.dtype), lo, hi,
+            jnp.zeros((0,), bool), 0.0)
 
-    def one(l_, u_, x0_):
-        return solve_dense(Hd, c, A, e, l_, u_, eq, 0.0, x0_, e, cfg)
 
-    x, _, status, its, ci = jax.vmap(one)(lo, hi, x0)
-    res = jnp.maximum(jnp.maximum(ci[5], ci[6]), ci[8])
-    x = jnp.where(free, x, fixed_delta)
-    return x, res, its.astype(jnp.int32), status == int(TerminationStatus.OPTIMAL)
+def _rows_map(fn, mesh, axis_name):
+    """fn(Hd, *row_args) vmapped over rows; with a mesh, rows are split over `axis_name` by shard_map."""
+    def local(Hd, *rows):
+        return jax.vmap(lambda *r: fn(Hd, *r))(*rows)
+
+    if mesh is None:
+        return local
+    from jax.sharding import PartitionSpec as P
+
+    def sharded(Hd, *rows):
+        return _shard_map(local, mesh, (P(),) + (P(axis_name),) * len(rows), P(axis_name))(Hd, *rows)
+    return sharded
+
+
+@partial(jax.jit, static_argnames=("cfg", "mesh", "axis_name"))
+def _pdhg_start(Hd, free, fixed_delta, x0, *, cfg, mesh, axis_name):
+    no_dual = jnp.zeros((0,), Hd.dtype)
+    return _rows_map(lambda H, f, d, x: _pdhg.start(*_row_qp(H, f, d), x, no_dual, cfg), mesh, axis_name)(
+        Hd, free, fixed_delta, x0)
+
+
+@partial(jax.jit, static_argnames=("cfg", "mesh", "axis_name"))
+def _pdhg_advance(Hd, free, fixed_delta, state, until, *, cfg, mesh, axis_name):
+    return _rows_map(lambda H, f, d, st, u: _pdhg.advance(*_row_qp(H, f, d), st, cfg, u), mesh, axis_name)(
+        Hd, free, fixed_delta, state, until)
+
+
+@partial(jax.jit, static_argnames=("cfg", "mesh", "axis_name"))
+def _pdhg_finish(Hd, free, fixed_delta, state, *, cfg, mesh, axis_name):
+    def one(H, f, d, st):
+        x, _, status, its, ci = _pdhg.finish(*_row_qp(H, f, d), st, cfg)
+        res = jnp.maximum(jnp.maximum(ci[5], ci[6]), ci[8])
+        return jnp.where(f, x, d), res, its.astype(jnp.int32), status == int(TerminationStatus.OPTIMAL)
+    return _rows_map(one, mesh, axis_name)(Hd, free, fixed_delta, state)
+
+
+def _bucket(k: int, pool: int, ndev: int) -> int:
+    """Batch size for k live rows: the next power of two (at least 8), at most `pool`, times ndev."""
+    b = 8
+    while b < k:
+        b *= 2
+    return min(b, pool) * ndev
+
+
+def _rapdhg_rows(Hd, cfg: PdhgConfig, free, fixed_delta, x0, *, pool: int, segment: int, mesh, axis_name):
+    """raPDHG for all rows, a pool of `pool` rows (per device) at a time, run in segments of `segment`
+    iterations. Between segments the finished rows are collected and their slots refilled with waiting
+    rows, or, once none wait, the batch shrinks to the live rows; so the batch never runs on behind its
+    slowest row as one vmapped while_loop does. Each row's iterates are those of `solve_dense` alone.
+
+    Hd (n, n); free, fixed_delta, x0: numpy (R, n). Returns numpy (delta (R, n), res, its, ok)."""
+    R, n = free.shape
+    ndev = 1 if mesh is None else int(mesh.shape[axis_name])
+    kw = dict(cfg=cfg, mesh=mesh, axis_name=axis_name)
+    delta = np.zeros((R, n), np.float32)
+    res, its, ok = np.zeros(R, np.float32), np.zeros(R, np.int32), np.zeros(R, bool)
+    slot_row = np.full(0, -1)          # row id held by each slot of the batch (-1: empty)
+    state = None
+    nxt = 0                            # next row waiting to start
+
+    def inputs(ids):
+        ids = np.where(ids >= 0, ids, 0)
+        return jnp.asarray(free[ids]), jnp.asarray(fixed_delta[ids])
+
+    while nxt < R or (slot_row >= 0).any():
+        live = np.flatnonzero(slot_row >= 0)
+        waiting = R - nxt
+        size = _bucket(len(live) + waiting, pool, ndev)
+        if state is None or size != len(slot_row):            # (re)build the batch: live rows first
+            keep = np.concatenate([live, np.full(size - len(live), live[0] if len(live) else 0)])
+            if state is not None:
+                idx = jnp.asarray(keep)
+                state = jax.tree_util.tree_map(lambda a: a[idx], state)
+                state = state._replace(done=state.done.at[len(live):].set(True))
+            slot_row = np.concatenate([slot_row[live], np.full(size - len(live), -1)])
+        empty = np.flatnonzero(slot_row < 0)
+        if waiting and len(empty):                             # start waiting rows in the empty slots
+            take = empty[:waiting]
+            ids = np.arange(nxt, nxt + len(take))
+            nxt += len(take)
+            nb = _bucket(len(take), pool, ndev)
+            pad = np.concatenate([ids, np.full(nb - len(ids), ids[0])])
+            f, d = inputs(pad)
+            new = _pdhg_start(Hd, f, d, jnp.asarray(x0[pad]), **kw)
+            if state is None:
+                state = jax.tree_util.tree_map(
+                    lambda a: jnp.broadcast_to(a[:1], (len(slot_row),) + a.shape[1:]), new)
+                state = state._replace(done=jnp.ones_like(state.done))
+            sl = jnp.asarray(take)
+            state = jax.tree_util.tree_map(lambda a, b: a.at[sl].set(b[:len(take)]), state, new)
+            slot_row[take] = ids
+        f, d = inputs(slot_row)
+        state = _pdhg_advance(Hd, f, d, state, state.it + segment, **kw)
+        done = np.asarray(state.done) & (slot_row >= 0)
+        if done.any():
+            x, r, it, good = (np.asarray(t) for t in _pdhg_finish(Hd, f, d, state, **kw))
+            fin = np.flatnonzero(done)
+            rows = slot_row[fin]
+            delta[rows], res[rows], its[rows], ok[rows] = x[fin], r[fin], it[fin], good[fin]
+            slot_row[fin] = -1
+    return delta, res, its, ok
 
 
 @partial(jax.jit, static_argnames=("method", "cfg", "bs", "mesh", "axis_name"))
@@ -191,10 +287,8 @@ def _solve_all(Hd, H, mean_diag, W, free, fixed_delta, extra, pcg_args=(), *, me
             Wb, fb, db, *eb = args
             if method == "exact":
                 d, res, its, ok = _pcg_batch(*pcg_args, Wb, fb, db, *eb)
-            elif method == "direct":
-                d, res, its, ok = _exact_batch(Hd, mean_diag, Wb, fb, db, *eb)
             else:
-                d, res, its, ok = _rapdhg_batch(Hd, cfg, Wb, fb, db, *eb)
+                d, res, its, ok = _exact_batch(Hd, mean_diag, Wb, fb, db, *eb)
             obj = 0.5 * jnp.sum(jnp.matmul(d, H, precision=_pcg.HI) * d, axis=1)
             return d, res, its, ok, obj
 
@@ -286,6 +380,7 @@ def solve_rows(
     preconditioner: str = "inverse",
     precond_rho: float = 1e-3,
     shared: SharedPreconditioner | None = None,
+    rapdhg_segment: int = 1024,
 ) -> RowSolveResult:
     """OPTIMA's per-row weight update for one linear layer (see module docstring).
 
@@ -304,8 +399,13 @@ def solve_rows(
     iteration_limit: also caps exact's CG iterations per pass (at most min(iteration_limit, 4·in + 100)).
     shared: exact only: reuse a preconditioner built by `shared_preconditioner` for this H at another damp
         instead of factorizing (results are the same solution to rtol; only the iteration count changes).
+    rapdhg_segment: rapdhg only: iterations between the points where finished rows leave the batch and
+        waiting rows take their slots (a row's iterates do not depend on it; it trades host round trips
+        against idle slots).
     """
     _validate(H, W, keep_mask, where)
+    if int(rapdhg_segment) < 1:
+        raise OptimaError(f"rapdhg_segment must be ≥ 1, got {rapdhg_segment}" + (f" ({where})" if where else ""))
     if method not in ("exact", "direct", "rapdhg"):
         raise OptimaError(f"unknown solve method {method!r}: use 'exact', 'direct' or 'rapdhg'"
                           + (f" ({where})" if where else ""))
@@ -373,14 +473,18 @@ def solve_rows(
         valid = np.take_along_axis(fp, order, axis=1)
         extra = (jnp.asarray(order.astype(np.int32)), jnp.asarray(valid))
     else:
-        x0 = np.zeros_like(Wp) if W_init is None else padr(np.asarray(W_init, np.float32) - Wn, 0.0)
-        x0 = np.where(fp, x0, dp).astype(np.float32)
-        extra = (jnp.asarray(x0),)
+        x0 = np.zeros_like(Wn) if W_init is None else np.asarray(W_init, np.float32) - Wn
+        x0 = np.where(free, x0, fixed_delta).astype(np.float32)
         cfg = PdhgConfig(eps_abs=float(eps_abs), eps_rel=float(eps_rel), iteration_limit=int(iteration_limit))
-    delta, res, its, ok, obj = _solve_all(
-        jnp.asarray(Hd), jnp.asarray(Hn), jnp.float32(mean_diag), jnp.asarray(Wp), jnp.asarray(fp),
-        jnp.asarray(dp), extra, pcg_args, method=method, cfg=cfg, bs=bs, mesh=mesh, axis_name=axis_name)
-    delta, res, its, ok, obj = (t[:R] for t in (delta, res, its, ok, obj))
+        delta, res, its, ok = _rapdhg_rows(jnp.asarray(Hd), cfg, free, fixed_delta, x0, pool=bs,
+                                           segment=int(rapdhg_segment), mesh=mesh, axis_name=axis_name)
+        delta, res, its, ok = (jnp.asarray(t) for t in (delta, res, its, ok))
+        obj = 0.5 * jnp.sum(jnp.matmul(delta, jnp.asarray(Hn), precision=_pcg.HI) * delta, axis=1)
+    if method != "rapdhg":
+        delta, res, its, ok, obj = _solve_all(
+            jnp.asarray(Hd), jnp.asarray(Hn), jnp.float32(mean_diag), jnp.asarray(Wp), jnp.asarray(fp),
+            jnp.asarray(dp), extra, pcg_args, method=method, cfg=cfg, bs=bs, mesh=mesh, axis_name=axis_name)
+        delta, res, its, ok, obj = (t[:R] for t in (delta, res, its, ok, obj))
     weight = jnp.where(jnp.asarray(mask), jnp.asarray(Wn) + delta, 0.0)
     converged = ok & (res <= rtol) if method in ("exact", "direct") else ok
     return RowSolveResult(weight=weight, converged=converged, iterations=its, objective=obj, residual=res,
