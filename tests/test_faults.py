@@ -61,7 +61,7 @@ def test_sigkill_at_random_points_resumes_bit_identical(model_dir, reference, tm
   out = tmp_path / "killed"
   span = max(reference[1], 5.0)
   kills = 0
-  for _ in range(4):
+  for _ in range(6):
     p = subprocess.Popen(cli_args(model_dir, out), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
     try:
@@ -70,6 +70,9 @@ def test_sigkill_at_random_points_resumes_bit_identical(model_dir, reference, tm
       p.send_signal(signal.SIGKILL)
       kills += 1
     p.wait()
+    if kills == 0:                 # finished faster than the reference run (a less loaded machine): start over
+      shutil.rmtree(out, ignore_errors=True)
+      span *= 0.5
   r = run_cli(*cli_args(model_dir, out))
   assert r.returncode == 0
   assert kills >= 1, f"seed {seed}: no kill landed before the run finished"
