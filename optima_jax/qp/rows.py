@@ -207,9 +207,10 @@ def _pdhg_finish(Hd, free, fixed_delta, state, *, cfg, mesh, axis_name):
 
 
 def _bucket(k: int, pool: int, ndev: int) -> int:
-    """Batch size for k live rows: the next power of two (at least 8), at most `pool`, times ndev."""
-    b = 8
-    while b < k:
+    """Batch size for k rows over ndev devices: per device the next power of two ≥ k/ndev (at least 8),
+    at most `pool`; times ndev."""
+    per_dev, b = -(-k // ndev), 8
+    while b < per_dev:
         b *= 2
     return min(b, pool) * ndev
 
