@@ -7,7 +7,8 @@ python benchmarks/table1.py --render-only      # re-render docs/results/table1.m
 Each model's cells go to docs/results/<name>_table1.json through bench_quality.py (one process per model,
 resumable: finished cells are skipped, so an interrupted run continues where it stopped). The paper-solver
 rows (`+optima@solver.method=rapdhg,solver.damp=0`: rAPDHG at tolerance 1e-2, 100k iterations, no damping)
-cost about 800 s per linear on a 2-core CPU (docs/solver.md); `--no-paper-solver` leaves them out.
+take 10 hours or more per cell on a 2-core CPU (the n = 1536 down_proj layers; docs/results.md, "Not yet
+measured") and minutes on a GPU; `--no-paper-solver` leaves them out.
 Calibration: 64 x 512 tokens of the first 90% of sotu.txt; perplexity on 16 x 1024-token windows of
 wiki_test.txt (other domain) and of the held-out last 10% of sotu.txt (same domain).
 """
