@@ -11,7 +11,7 @@ import pytest
 jax = pytest.importorskip("jax")
 
 from optima_jax.errors import OptimaError
-from optima_jax.qp import auto_damp_solve, solve_rows
+from optima_jax.qp import auto_damp_solve, shared_preconditioner, solve_rows
 
 
 def make_layer(n=96, out=40, T=400, seed=0, dead=3):
@@ -92,6 +92,18 @@ def test_exact_damped_matches_float64(layer, damp):
     check_close_to_optimum(H, W, mask, res, 1e-4, lam)
     ref_w, _ = reference(H, W, mask, lam)
     np.testing.assert_allclose(np.asarray(res.weight), ref_w, atol=1e-4 * np.abs(ref_w).max())
+
+
+@pytest.mark.parametrize("ref_damp, damp", [(1.0, 0.0), (0.0, 0.1), (0.1, 0.1)])
+def test_shared_preconditioner_from_another_damp_reaches_the_optimum(layer, ref_damp, damp):
+    """A preconditioner built at ref_damp and reused for a solve at damp (auto damping's grid) gives the
+    float64 optimum at damp, not at ref_damp."""
+    H, W, mask = layer
+    lam = damp * float(np.mean(np.diag(H).astype(np.float64)))
+    res = solve_rows(H, W, mask, damp=damp, shared=shared_preconditioner(H, ref_damp))
+    check_close_to_optimum(H, W, mask, res, 1e-4, lam)
+    assert np.all(np.asarray(res.converged))
+    assert res.damp_value == pytest.approx(lam, rel=1e-6)
 
 
 def test_exact_warm_start_and_jacobi(layer):

@@ -274,10 +274,9 @@ def _rapdhg_rows(Hd, cfg: PdhgConfig, free, fixed_delta, x0, *, pool: int, segme
     return delta, res, its, ok
 
 
-@partial(jax.jit, static_argnames=("method", "cfg", "bs", "mesh", "axis_name"))
-def _solve_all(Hd, H, mean_diag, W, free, fixed_delta, extra, pcg_args=(), *, method, cfg, bs, mesh,
-               axis_name):
-    """Solve all (padded) rows; `extra` = (idx, valid) for direct, (x0,) for rapdhg, (y0,) for exact
+@partial(jax.jit, static_argnames=("method", "bs", "mesh", "axis_name"))
+def _solve_all(Hd, H, mean_diag, W, free, fixed_delta, extra, pcg_args=(), *, method, bs, mesh, axis_name):
+    """Solve all (padded) rows, exact or direct; `extra` = (idx, valid) for direct, (y0,) for exact
     (y0 in scaled coordinates); pcg_args = (Hs, s, Pinv, max_iter, rtol) for exact (replicated)."""
 
     def local(Hd, H, mean_diag, pcg_args, W, free, fixed_delta, *extra):
@@ -453,7 +452,6 @@ def solve_rows(
 
     Wp, fp, dp = padr(Wn, 0.0), padr(free, False), padr(fixed_delta, 0.0)
     pcg_args = ()
-    cfg = None
     if method == "exact":
         if shared is not None:
             if tuple(shared.Pinv.shape) != (n, n):
@@ -484,7 +482,7 @@ def solve_rows(
     if method != "rapdhg":
         delta, res, its, ok, obj = _solve_all(
             jnp.asarray(Hd), jnp.asarray(Hn), jnp.float32(mean_diag), jnp.asarray(Wp), jnp.asarray(fp),
-            jnp.asarray(dp), extra, pcg_args, method=method, cfg=cfg, bs=bs, mesh=mesh, axis_name=axis_name)
+            jnp.asarray(dp), extra, pcg_args, method=method, bs=bs, mesh=mesh, axis_name=axis_name)
         delta, res, its, ok, obj = (t[:R] for t in (delta, res, its, ok, obj))
     weight = jnp.where(jnp.asarray(mask), jnp.asarray(Wn) + delta, 0.0)
     converged = ok & (res <= rtol) if method in ("exact", "direct") else ok
