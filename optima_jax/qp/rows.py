@@ -512,7 +512,7 @@ def auto_damp_solve(H, W, keep_mask, H_val, grid: Sequence[float] = (0.0, 0.01, 
     warm-started from the grid. solver_kw: passed to `solve_rows` (method, rtol, memory_budget_bytes, ...).
     """
     where = solver_kw.get("where", "")
-    Hv = np.asarray(H_val)
+    Hv = np.asarray(H_val, np.float64)      # converted once: every validation_error below reuses it
     if Hv.shape != np.shape(H):
         raise OptimaError(f"H_val shape {Hv.shape} differs from H shape {np.shape(H)}" + (f" ({where})" if where else ""))
     if not np.all(np.isfinite(Hv)):
