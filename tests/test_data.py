@@ -21,8 +21,17 @@ import pytest
 from optima_jax import assets, data
 from optima_jax.errors import OptimaError
 
-SHARED = Path("/work/shared/data")
-pytestmark = pytest.mark.skipif(not (SHARED / "wiki_train.txt").is_file(), reason="shared data folder missing")
+import tiny  # noqa: E402
+
+# The real texts (../shared/data, $OPTIMA_JAX_DATA_DIR or the asset cache; see tiny.shared_text). Missing
+# data fails these tests rather than skipping them, unless OPTIMA_JAX_ALLOW_NO_DATA=1 says it is expected.
+try:
+    SHARED = tiny.shared_text("wiki_train.txt").parent
+except FileNotFoundError:
+    if not os.environ.get("OPTIMA_JAX_ALLOW_NO_DATA"):
+        raise
+    SHARED = None
+pytestmark = pytest.mark.skipif(SHARED is None, reason="no shared data and OPTIMA_JAX_ALLOW_NO_DATA is set")
 
 
 @pytest.fixture(scope="session")
@@ -471,11 +480,20 @@ def test_fetch_reproduces_shared_data(tmp_path):
 
 
 @pytest.mark.slow
-def test_full_sotu_asset_calibration(tokenizer, monkeypatch):
-    """The whole 10 MB asset, chunked tokenization vs whole-text tokenization."""
+def test_full_sotu_asset_calibration(tokenizer, monkeypatch, tmp_path):
+    """The whole 10 MB asset, chunked tokenization vs whole-text tokenization; then the same windows from
+    the on-disk token cache (an empty cache folder, so the first call really tokenizes in chunks)."""
     monkeypatch.setenv("OPTIMA_JAX_DATA_DIR", str(SHARED))
+    monkeypatch.setenv("OPTIMA_JAX_CACHE", str(tmp_path))
+    monkeypatch.delenv("OPTIMA_JAX_NO_TOKEN_CACHE", raising=False)
+    data.clear_cache()
     got = data.calibration_windows("asset:sotu[:0.9]", tokenizer, nsamples=16, seqlen=256, seed=0)
     text = (SHARED / "sotu.txt").read_text(encoding="utf-8")
     cut = text.index("\n", int(0.9 * len(text))) + 1
-    np.testing.assert_array_equal(got, ref_wikitext_windows(ref_tokens(tokenizer, text[:cut]), 16, 256, 0))
+    want = ref_wikitext_windows(ref_tokens(tokenizer, text[:cut]), 16, 256, 0)
+    np.testing.assert_array_equal(got, want)
+    assert list((tmp_path / "tokens").glob("*.npy")), "large text's tokens were not cached"
+    data.clear_cache()                        # the next call must come from the disk cache
+    again = data.calibration_windows("asset:sotu[:0.9]", tokenizer, nsamples=16, seqlen=256, seed=0)
+    np.testing.assert_array_equal(again, want)
     assert os.environ["OPTIMA_JAX_DATA_DIR"] == str(SHARED)

@@ -404,10 +404,10 @@ print("ok")
 
 def test_thanos_real_size_ragged_chunks_finish():
     """At real sizes (1100 rows, chunks of 1024, 576 inputs) the remainder path hung XLA on CPU; run it in
-    a subprocess under a timeout so a regression fails instead of hanging, and check that chunking does not
-    change the result."""
+    a subprocess under a generous hang guard (not a speed target: it finishes in well under a minute) so a
+    regression fails instead of hanging, and check that chunking does not change the result."""
     import subprocess
     import sys
-    r = subprocess.run([sys.executable, "-c", _CHUNK_SCRIPT], capture_output=True, text=True, timeout=240,
+    r = subprocess.run([sys.executable, "-c", _CHUNK_SCRIPT], capture_output=True, text=True, timeout=1800,
                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
