@@ -5,6 +5,8 @@ Everything a run needs is checked here, before any model is loaded or anything i
 
 from __future__ import annotations
 
+import math
+import numbers
 import sys
 from pathlib import Path
 
@@ -37,7 +39,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.calibration.add_bos = -1     # -1: the model family's convention; 0/1 force it
   c.calibration.micro_batch = 8  # sequences per forward pass during Hessian accumulation
   # Validation Hessian (for auto damping and the keep-or-skip safeguard): a source the user names
-  # ("" = none; "holdout" = hold out validation.fraction of the calibration samples).
+  # ("" = none; "holdout" = hold out calibration.validation_fraction of the calibration samples).
   c.calibration.validation_source = ""
   c.calibration.validation_nsamples = 16
   c.calibration.validation_fraction = 0.125
@@ -59,7 +61,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.solver.eps_rel = 1e-2
   c.solver.iteration_limit = 100_000
   c.solver.rtol = 1e-4           # exact solver: per-row stop on the relative residual (float32)
-  c.solver.damp = 0.1            # ridge: H + damp * mean(diag H) * I; "auto" needs a validation source
+  c.solver.damp = 0.1            # ridge: H + damp * mean(diag H) * I (a number; for automatic damping set
+                                 # solver.auto_damp=True, which needs calibration.validation_source)
   c.solver.auto_damp_grid = (0.0, 0.01, 0.1, 1.0)
   c.solver.auto_damp = False
   c.solver.memory_budget_gb = 2.0
@@ -81,7 +84,6 @@ def default_config() -> ml_collections.ConfigDict:
   c.overwrite = False
   c.export_hf = False
   c.save_masks = True
-  c.seed = 0
 
   # --- evaluation printed before/after ----------------------------------------------
   c.eval = ml_collections.ConfigDict()
@@ -124,8 +126,10 @@ def parse_args(argv: list[str], flag_name: str = "config") -> tuple[ml_collectio
     raise OptimaError(f"missing --{flag_name}: e.g. --{flag_name} configs/gemma3_270m.py")
 
   fv = flags.FlagValues()
+  # sys_argv: the overrides (--config.a.b=v) are looked up in this argv, not in sys.argv, so an in-process call
+  # with its own argv list sees its own overrides.
   holder = config_flags.DEFINE_config_file(flag_name, None, "run config file", flag_values=fv,
-                                           lock_config=True)
+                                           lock_config=True, sys_argv=argv)
   try:
     rest = fv(argv)
     cfg = holder.value
@@ -170,14 +174,25 @@ def validate(cfg) -> None:
     raise OptimaError(f"unknown update {cfg.weight_update!r}; available: {', '.join(sorted(UPDATES))}")
   if cfg.solver.method not in SOLVER_METHODS:
     raise OptimaError(f"solver.method must be one of {SOLVER_METHODS}, got {cfg.solver.method!r}")
-  if cfg.solver.damp < 0:
-    raise OptimaError(f"solver.damp must be >= 0, got {cfg.solver.damp}")
+  _check_solver(cfg.solver)
+  _check_number("adam.steps", cfg.adam.steps, ge=1, integer=True)
+  _check_numbers("adam.lrs", cfg.adam.lrs, gt=0)
   if cfg.solver.auto_damp and not cfg.calibration.validation_source:
     raise OptimaError("solver.auto_damp=True needs calibration.validation_source (a named source or 'holdout')")
   cal = cfg.calibration
   for key in ("nsamples", "seqlen", "micro_batch"):
     if int(cal[key]) < 1:
       raise OptimaError(f"calibration.{key} must be >= 1, got {cal[key]}")
+  if cal.add_bos not in (-1, 0, 1):
+    raise OptimaError(f"calibration.add_bos must be -1 (the model family's convention), 0 or 1, got {cal.add_bos!r}")
+  if cal.validation_source == "holdout":
+    _check_number("calibration.validation_fraction", cal.validation_fraction, gt=0, lt=1)
+  elif cal.validation_source:
+    _check_number("calibration.validation_nsamples", cal.validation_nsamples, ge=1, integer=True)
+  # eval: windows of eval.seqlen tokens (>= 2: a token and its target); eval.max_windows 0 = all windows.
+  _check_number("eval.seqlen", cfg.eval.seqlen, ge=2, integer=True)
+  _check_number("eval.batch_size", cfg.eval.batch_size, ge=1, integer=True)
+  _check_number("eval.max_windows", cfg.eval.max_windows, ge=0, integer=True, note=" (0 = all windows)")
   if cfg.dtype not in ("float32", "bfloat16"):
     raise OptimaError(f"dtype must be float32 or bfloat16, got {cfg.dtype!r}")
   if cfg.hidden_states_on not in ("device", "host"):
@@ -188,6 +203,36 @@ def validate(cfg) -> None:
                    ("eval.source", cfg.eval.source)):
     if src and src != "holdout":
       check_source(src, key)
+
+
+def _check_solver(s) -> None:
+  _check_number("solver.eps_abs", s.eps_abs, gt=0)
+  _check_number("solver.eps_rel", s.eps_rel, gt=0)
+  _check_number("solver.iteration_limit", s.iteration_limit, ge=1, integer=True)
+  _check_number("solver.rtol", s.rtol, gt=0)
+  _check_number("solver.damp", s.damp, ge=0)
+  _check_numbers("solver.auto_damp_grid", s.auto_damp_grid, ge=0)
+  _check_number("solver.memory_budget_gb", s.memory_budget_gb, gt=0)
+  _check_number("solver.min_converged_fraction", s.min_converged_fraction, ge=0, le=1)
+
+
+def _check_number(key: str, v, *, gt=None, ge=None, lt=None, le=None, integer=False, note="") -> None:
+  """`key` holds a finite number (an integer if `integer`) within the given bounds; else a one-line OptimaError."""
+  bounds = [f"{op} {b}" for op, b in ((">", gt), (">=", ge), ("<", lt), ("<=", le)) if b is not None]
+  want = ("an integer" if integer else "a finite number") + (" " + " and ".join(bounds) if bounds else "")
+  ok = (not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(v)
+        and (not integer or float(v).is_integer())
+        and (gt is None or v > gt) and (ge is None or v >= ge) and (lt is None or v < lt) and (le is None or v <= le))
+  if not ok:
+    raise OptimaError(f"{key} must be {want}{note}, got {v!r}")
+
+
+def _check_numbers(key: str, values, **bounds) -> None:
+  """`key` holds a non-empty list/tuple of finite numbers, each within the bounds."""
+  if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or len(values) == 0:
+    raise OptimaError(f"{key} must be a non-empty list of numbers, got {values!r}")
+  for i, v in enumerate(values):
+    _check_number(f"{key}[{i}]", v, **bounds)
 
 
 def check_source(source: str, key: str) -> None:
