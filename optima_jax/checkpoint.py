@@ -8,7 +8,11 @@ Layout of a run's output directory:
   checkpoint/masks/          keep masks of every pruned linear (Orbax, bool)
   checkpoint/metadata.json   config, per-linear stats, library versions
   optima_checkpoint.json     marker written last: the directory holds a complete pruned checkpoint
+  eval_dense.json            the dense model's perplexity and the eval settings it was measured with
   report.json, report.csv, report.png
+
+overwrite=True replaces another optima_jax run's directory; a non-empty directory holding no run (no
+run.json or marker) is never cleared.
 
 Restore a finished run as the Flax params pytree:  params = optima_jax.checkpoint.restore_params(dir)
 """
@@ -22,6 +26,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -66,15 +71,52 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
   return out
 
 
-def atomic_write_text(path: Path, text: str):
-  """Write `text` to `path` via a temporary file and rename, so readers never see half a file."""
+def _new_file_mode() -> int:
+  """The mode open() would give a new file (0o666 less the umask): mkstemp's files are 0o600."""
+  try:
+    for line in Path("/proc/self/status").read_text().splitlines():
+      if line.startswith("Umask:"):
+        return 0o666 & ~int(line.split()[1], 8)
+  except (OSError, ValueError, IndexError):
+    pass
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return 0o666 & ~mask
+
+
+def atomic_write(path: Path, write, binary: bool = False):
+  """Create `path` by calling `write(f)` on a temporary file in the same directory, then renaming it over
+  `path`: readers see the old file or the new one, never half of one. On any failure (including a kill
+  signal raised as an exception) the temporary file is removed and an existing `path` is left as it was.
+  An OSError without a file name (e.g. a full disk mid-write) is re-raised naming `path`."""
   path = Path(path)
-  tmp = path.with_name(path.name + ".tmp")
-  with open(tmp, "w") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+  try:
+    try:
+      os.fchmod(fd, _new_file_mode())
+      with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+        fd = None
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(tmp, path)
+    except OSError as e:
+      if e.filename is None and e.errno is not None:
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+      raise
+  except BaseException:
+    if fd is not None:
+      os.close(fd)
+    try:
+      os.unlink(tmp)
+    except FileNotFoundError:
+      pass
+    raise
+
+
+def atomic_write_text(path: Path, text: str):
+  """Write `text` (UTF-8) to `path` atomically (see `atomic_write`)."""
+  atomic_write(path, lambda f: f.write(text))
 
 
 # ----------------------------------------------------------------------------- run identity
@@ -86,53 +128,109 @@ def run_fingerprint(cfg_dict: dict) -> str:
   return hashlib.sha256(json.dumps(core, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def check_output_dir(out: Path, fingerprint: str, overwrite: bool) -> None:
-  """Refuse (before any work) an output directory that holds something other than this run."""
+def _read_json(path: Path):
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError):
+    return None
+
+
+def _run_identity(out: Path) -> tuple[bool, str | None]:
+  """-> (whether `out` holds an optima_jax run, its fingerprint if known).
+
+  A run is recognised by its run.json (a JSON object with a "fingerprint") or by the finished-checkpoint
+  marker (a JSON object whose "format" starts with "optima_jax/"). Files merely named like them are not.
+  """
+  run = _read_json(out / RUN_FILE) if (out / RUN_FILE).is_file() else None
+  if isinstance(run, dict) and "fingerprint" in run:
+    return True, str(run["fingerprint"])
+  marker = _read_json(out / MARKER) if (out / MARKER).is_file() else None
+  if isinstance(marker, dict) and str(marker.get("format", "")).startswith("optima_jax/"):
+    return True, None
+  return False, None
+
+
+def _output_dir_action(out: Path, fingerprint: str, overwrite: bool) -> str:
+  """What claiming `out` for the run `fingerprint` does: "create" (absent or empty), "resume" (this run's
+  directory) or "replace" (another optima_jax run's directory, overwrite=True). Anything else is an
+  OptimaError, before anything is written or removed: a path that is a file (or under one), another run's
+  directory without overwrite, or a non-empty directory that holds no optima_jax run (never cleared, not
+  even with overwrite=True: it may be the current directory or $HOME)."""
   out = Path(out)
-  run_file = out / RUN_FILE
-  if overwrite or not out.exists():
-    return
-  if run_file.exists():
-    try:
-      other = json.loads(run_file.read_text()).get("fingerprint")
-    except (json.JSONDecodeError, OSError):
-      other = None
-    if other != fingerprint:
-      raise OptimaError(f"output directory {out} holds a different run's checkpoint "
-                        f"(fingerprint {other} != {fingerprint}); set --config.overwrite=True to replace it")
-  elif any(out.iterdir()):
-    raise OptimaError(f"output directory {out} is not empty and holds no optima_jax run; "
-                      "choose another --config.output_dir or set --config.overwrite=True")
+  if out.exists() and not out.is_dir():
+    raise OptimaError(f"output_dir {out} is an existing file, not a directory; choose another "
+                      "--config.output_dir")
+  if not out.exists():
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+      parent = parent.parent
+    if not parent.is_dir():
+      raise OptimaError(f"output_dir {out} cannot be created: {parent} is a file, not a directory")
+    return "create"
+  is_run, other = _run_identity(out)
+  if is_run:
+    if other == fingerprint:
+      return "resume"
+    if overwrite:
+      return "replace"
+    what = f"fingerprint {other} != {fingerprint}" if other else f"a finished checkpoint without {RUN_FILE}"
+    raise OptimaError(f"output directory {out} holds a different run's checkpoint ({what}); "
+                      "set --config.overwrite=True to replace it")
+  if any(out.iterdir()):
+    raise OptimaError(f"output directory {out} is not empty and holds no optima_jax run (no {RUN_FILE} or "
+                      f"{MARKER}); it is never cleared, even with --config.overwrite=True: choose an empty or "
+                      "new --config.output_dir")
+  return "create"
+
+
+def check_output_dir(out: Path, fingerprint: str, overwrite: bool) -> None:
+  """Refuse (before any work) an output directory that `claim_output_dir` would refuse."""
+  _output_dir_action(out, fingerprint, overwrite)
+
+
+def _clear_dir(out: Path) -> None:
+  """Remove everything inside `out` (kept itself: it may be a mount point or a symlink)."""
+  for child in out.iterdir():
+    if child.is_dir() and not child.is_symlink():
+      shutil.rmtree(child)
+    else:
+      child.unlink()
 
 
 def claim_output_dir(out: Path, fingerprint: str, overwrite: bool, cfg_dict: dict) -> bool:
   """Make `out` this run's directory. Returns True if it already holds this run (resume possible).
 
-  A directory holding a different run's files is refused unless overwrite=True, in which case it is
-  cleared. Nothing is written when the directory is refused.
+  A directory holding a different optima_jax run is refused unless overwrite=True, in which case it is
+  cleared; a non-empty directory holding no optima_jax run is always refused. Nothing is written or removed
+  when the directory is refused.
   """
   out = Path(out)
-  run_file = out / RUN_FILE
-  if run_file.exists():
-    try:
-      other = json.loads(run_file.read_text()).get("fingerprint")
-    except (json.JSONDecodeError, OSError):
-      other = None
-    if other == fingerprint:
-      return True
-    if not overwrite:
-      raise OptimaError(f"output directory {out} holds a different run's checkpoint "
-                        f"(fingerprint {other} != {fingerprint}); set --config.overwrite=True to replace it")
-    shutil.rmtree(out)
-  elif out.exists() and any(out.iterdir()):
-    if not overwrite:
-      raise OptimaError(f"output directory {out} is not empty and holds no optima_jax run; "
-                        "choose another --config.output_dir or set --config.overwrite=True")
-    shutil.rmtree(out)
+  action = _output_dir_action(out, fingerprint, overwrite)
+  if action == "resume":
+    return True
+  if action == "replace":
+    log.info("overwrite=True: clearing the previous run in %s", out)
+    _clear_dir(out)
   out.mkdir(parents=True, exist_ok=True)
-  atomic_write_text(run_file, json.dumps({"fingerprint": fingerprint, "config": cfg_dict}, indent=1,
-                                         default=str))
+  atomic_write_text(out / RUN_FILE, json.dumps({"fingerprint": fingerprint, "config": cfg_dict}, indent=1,
+                                               default=str))
   return False
+
+
+def has_progress(out: Path, fingerprint: str | None = None) -> bool:
+  """Whether `out` holds an optima_jax run (this `fingerprint`'s, if given) that a rerun would resume: at
+  least one finished block's resume point, or a finished checkpoint."""
+  try:
+    out = Path(out)
+    is_run, other = _run_identity(out)
+    if not is_run or (fingerprint is not None and other != fingerprint):
+      return False
+    if (out / MARKER).is_file():
+      return True
+    frontier = out / "progress" / "frontier"   # step i+1 is written once block i is done
+    return frontier.is_dir() and any(p.name.isdigit() and int(p.name) > 0 for p in frontier.iterdir())
+  except OSError:
+    return False
 
 
 # ----------------------------------------------------------------------------- progress (resume)

@@ -157,13 +157,21 @@ def run(cfg) -> dict:
   ppl = {}
   eval_file = out / "eval_dense.json"
   if cfg.eval.source:
-    if eval_file.exists():
-      ppl["dense"] = json.loads(eval_file.read_text())["ppl"]
+    # The dense perplexity is kept with the eval settings it was measured under (eval settings are not
+    # part of the run's fingerprint) and reused only by a rerun with the same ones. Process 0 decides, so
+    # every process takes the same branch.
+    settings = _dense_eval_settings(cfg, tokenizer, add_bos)
+    reuse = bool(sharding.broadcast_from_main(_stored_dense_ppl(eval_file, settings) is not None if main
+                                              else False))
+    if reuse:
+      ppl["dense"] = _stored_dense_ppl(eval_file, settings)
     else:
       ppl["dense"] = _perplexity(model, config, tokenizer, cfg, add_bos)
       if main:
-        checkpoint.atomic_write_text(eval_file, json.dumps({"ppl": ppl["dense"]}))
-    log.info("dense perplexity on %s: %.3f", cfg.eval.source, ppl["dense"])
+        checkpoint.atomic_write_text(eval_file, json.dumps({"ppl": ppl["dense"], "settings": settings},
+                                                           indent=1))
+    log.info("dense perplexity on %s: %.3f%s", cfg.eval.source, ppl["dense"],
+             f" (from {eval_file.name})" if reuse else "")
 
   log.info("calibration: %d x %d tokens from %s%s", ids.shape[0], ids.shape[1], cal.source,
            f"; validation {val_ids.shape[0]} x {val_ids.shape[1]}" if val_ids is not None else "")
@@ -266,6 +274,24 @@ def _calibration(cfg, tokenizer, add_bos):
   return np.asarray(ids), val if val is None else np.asarray(val)
 
 
+def _dense_eval_settings(cfg, tokenizer, add_bos) -> dict:
+  """Everything besides the model (fixed by the run's fingerprint) that the dense perplexity depends on."""
+  return {"model": str(cfg.model), "dtype": str(cfg.dtype), "source": str(cfg.eval.source),
+          "seqlen": int(cfg.eval.seqlen), "max_windows": int(cfg.eval.max_windows or 0),
+          "bos_id": None if not add_bos or tokenizer.bos_token_id is None else int(tokenizer.bos_token_id)}
+
+
+def _stored_dense_ppl(path: Path, settings: dict) -> float | None:
+  """The dense perplexity stored in `path` if it was measured with `settings`, else None."""
+  try:
+    stored = json.loads(path.read_text())
+    if stored.get("settings") == settings:
+      return float(stored["ppl"])
+  except (OSError, ValueError, TypeError, KeyError, AttributeError):
+    pass
+  return None
+
+
 def _perplexity(model, config, tokenizer, cfg, add_bos) -> float:
   from optima_jax import data, evaluate
   tokens = data.eval_tokens(cfg.eval.source, tokenizer)
@@ -274,9 +300,49 @@ def _perplexity(model, config, tokenizer, cfg, add_bos) -> float:
                                    bos_id=tokenizer.bos_token_id if add_bos else None))
 
 
+_RESUME = "rerun the same command to resume from the last finished block"
+
+
+def _resume_hint(cfg) -> str:
+  """A clause saying that rerunning resumes, only when cfg's output directory holds this run's progress."""
+  if cfg is None:
+    return ""
+  try:
+    from optima_jax import checkpoint
+    out = Path(cfg.output_dir).absolute()
+    if checkpoint.has_progress(out, checkpoint.run_fingerprint(cfg.to_dict())):
+      return f"; the finished blocks in {out} are kept: {_RESUME}"
+  except Exception:  # the hint must never hide the error itself
+    pass
+  return ""
+
+
+def _is_device_oom(e: BaseException) -> bool:
+  """A JAX/XLA runtime error for exhausted device memory."""
+  names = {c.__name__ for c in type(e).__mro__}
+  return bool(names & {"JaxRuntimeError", "XlaRuntimeError"}) and "RESOURCE_EXHAUSTED" in str(e)
+
+
+def _oom_message(e: BaseException, cfg) -> str:
+  first = next((l.strip() for l in str(e).splitlines() if l.strip()), "RESOURCE_EXHAUSTED")[:200]
+  settings = ""
+  if cfg is not None:
+    try:
+      settings = (f"calibration.micro_batch (now {cfg.calibration.micro_batch}) or eval.batch_size (now "
+                  f"{cfg.eval.batch_size}), or set hidden_states_on=host (now {cfg.hidden_states_on}), "
+                  f"mesh.shard_params=True, a smaller solver.memory_budget_gb (now {cfg.solver.memory_budget_gb})"
+                  f" or dtype=bfloat16 (now {cfg.dtype})")
+    except Exception:
+      settings = ""
+  settings = settings or ("calibration.micro_batch or eval.batch_size, or set hidden_states_on=host, "
+                          "mesh.shard_params=True, a smaller solver.memory_budget_gb or dtype=bfloat16")
+  return f"out of device memory ({first}); to use less, lower {settings}"
+
+
 def main(argv=None) -> int:
   from optima_jax.config import parse_args, validate
   argv = sys.argv if argv is None else argv
+  cfg = None
   try:
     cfg, _ = parse_args(argv)
     validate(cfg)
@@ -286,12 +352,20 @@ def main(argv=None) -> int:
     return 2
   except OSError as e:  # a read or write the checks could not foresee: a full disk, a lost mount
     where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-    print(f"error: {e.strerror or e}{where}; rerun the same command to resume from the last finished block",
-          file=sys.stderr)
+    print(f"error: {e.strerror or e}{where}{_resume_hint(cfg)}", file=sys.stderr)
     return 1
   except KeyboardInterrupt:
-    print("interrupted: rerun the same command to resume from the last finished block", file=sys.stderr)
+    hint = _resume_hint(cfg)
+    print("interrupted" + (f": {_RESUME}" if hint else ""), file=sys.stderr)
     return 130
+  except Exception as e:
+    if not _is_device_oom(e):
+      raise
+    details = logging.getLogger("optima_jax.threads")  # the log file only, once setup_logging has run
+    if details.handlers:
+      details.error("out of device memory", exc_info=(type(e), e, e.__traceback__))
+    print(f"error: {_oom_message(e, cfg)}{_resume_hint(cfg)}", file=sys.stderr)
+    return 1
   return 0
 
 

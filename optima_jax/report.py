@@ -18,7 +18,7 @@ import json
 import math
 from pathlib import Path
 
-from optima_jax.checkpoint import atomic_write_text
+from optima_jax.checkpoint import atomic_write, atomic_write_text
 
 COLUMNS = ["layer", "block", "linear", "out_features", "in_features", "sparsity", "selector", "update",
            "err_selector", "err_update", "ratio", "val_err_selector", "val_err_update", "val_ratio",
@@ -63,8 +63,12 @@ def plot_ratios(rows: list[dict], path: Path, title: str | None = None):
   ax.set_title(title or "OPTIMA per-layer error ratio (Figure 2); gray = kept selector weights")
   ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=130)
-  plt.close(fig)
+  path = Path(path)
+  try:  # via a temporary file: a failed save (a full disk) leaves any previous figure as it was
+    atomic_write(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".").lower() or "png", dpi=130),
+                 binary=True)
+  finally:
+    plt.close(fig)
 
 
 def _fmt(x, digits=4):
