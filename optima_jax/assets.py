@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from optima_jax.errors import OptimaError
+from optima_jax.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -228,15 +229,7 @@ def download_gensim_wheel(workdir: Path) -> Path:
 
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: f.write(text))
 
 
 def _sidecar(path: Path) -> Path:

@@ -66,6 +66,7 @@ from pathlib import Path
 import numpy as np
 
 from optima_jax.errors import OptimaError
+from optima_jax.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -579,9 +580,7 @@ def _disk_cache_path(text: str, tokenizer) -> Path | None:
 def _save_atomic(path: Path, tokens: np.ndarray) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npy")
-        np.save(tmp, tokens)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: np.save(f, tokens), binary=True)
     except OSError as exc:  # a read-only or full cache is not an error, just slower next time
         log.warning("could not write the token cache %s: %s", path, exc)
 
