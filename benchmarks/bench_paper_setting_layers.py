@@ -45,19 +45,28 @@ def main():
   ap.add_argument("--calib", default="/tmp/optima_layers")
   ap.add_argument("--val", default="/tmp/optima_layers_wiki")
   ap.add_argument("--rows", type=int, default=64, help="output rows per layer, evenly spaced (0 = all)")
+  ap.add_argument("--settings", default=",".join(str(i) for i in range(len(SETTINGS))),
+                  help="indices into SETTINGS to run, e.g. 0,1,2 (3 = rAPDHG 1e-3 is the slowest)")
+  ap.add_argument("--layers", default="", help="comma-separated layer names to run (default: every capture)")
   ap.add_argument("--out", default="")
   args = ap.parse_args()
   from optima_jax.qp import solve_rows
 
   lines = ["| layer | rows | setting | ratio in (calibration H) | ratio out (H_val) | calibration-error excess over the undamped optimum"
            " | iterations median / max | s |", "|---|---|---|---|---|---|---|---|"]
+  settings = [SETTINGS[int(i)] for i in args.settings.split(",")]
+  if settings[0] is not SETTINGS[0]:
+    ap.error("--settings must start with 0: the exact undamped optimum is the reference for the excess column")
+  wanted = set(filter(None, args.layers.split(",")))
   for layer, W, H, mask, Hv in layer_pairs(args.calib, args.val):
+    if wanted and layer.split("__")[-1] not in wanted:
+      continue
     idx = pick_rows(W.shape[0], args.rows)
     W, mask = np.asarray(W)[idx], np.asarray(mask)[idx]
     W_mask = np.where(mask, W, 0.0)
     err_in, err_out = output_error(W_mask, W, H), output_error(W_mask, W, Hv)
     optimum = None
-    for label, kw in SETTINGS:
+    for label, kw in settings:
       t = time.perf_counter()
       r = solve_rows(H, W, mask, where=layer, **kw)
       Wn = np.asarray(r.weight)
