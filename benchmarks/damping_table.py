@@ -5,8 +5,8 @@ objective), plus one summary row per damp with the acceptance checks. Rendered f
 python benchmarks/damping_table.py docs/results/smollm2_table1.json docs/results/smollm2_wikicalib.json \
     docs/results/gemma3_270m_table1.json docs/results/gemma3_270m_wikicalib.json --out docs/results/damping_cells.md
 
-A cell is (results file, regime, selector). The update at damp d is the row `<selector>+optima@solver.damp=d`;
-a row `<selector>+optima` without an override counts as damp `--plain-damp` (the default when it was measured).
+A cell is (results file, regime, selector). The update at damp d is the row `<selector>+optima@solver.damp=d`,
+or a row `<selector>+optima` without an override whose recorded config has solver.damp = d.
 Percentages in the cell table are relative to the selector alone.
 """
 
@@ -37,7 +37,7 @@ def pct(x: float, ref: float) -> str:
   return f"{100.0 * (x - ref) / ref:+.1f}%"
 
 
-def load_cells(paths: list[str], regimes: list[str], plain_damp: str) -> list[dict]:
+def load_cells(paths: list[str], regimes: list[str]) -> list[dict]:
   """One dict per (file, regime, selector) with a selector-alone row: model, calib, regime, sel, evals,
   alone {text: ppl} and by_damp {damp: {text: ppl}} for the damps measured."""
   out = []
@@ -45,14 +45,16 @@ def load_cells(paths: list[str], regimes: list[str], plain_damp: str) -> list[di
     data = json.loads(Path(path).read_text())
     setup = data["setup"]
     by = {(c["regime"], c["row"]): c["ppl"] for c in data["cells"]}
+    plain_damp = {(c["regime"], c["row"]): f"{c['config']['solver']['damp']:g}" for c in data["cells"]
+                  if c["row"].endswith("+optima") and "config" in c}
     for regime in regimes:
       for sel in SELECTORS:
         if (regime, sel) not in by:
           continue
         by_damp = {d: by[(regime, f"{sel}+optima@solver.damp={d}")] for d in DAMPS
                    if (regime, f"{sel}+optima@solver.damp={d}") in by}
-        if (regime, f"{sel}+optima") in by:
-          by_damp.setdefault(plain_damp, by[(regime, f"{sel}+optima")])
+        if (regime, f"{sel}+optima") in plain_damp:
+          by_damp.setdefault(plain_damp[(regime, f"{sel}+optima")], by[(regime, f"{sel}+optima")])
         out.append(dict(model=setup["model"].split(":")[-1], calib=setup["calib"], regime=regime, sel=sel,
                         evals=setup["eval"], alone=by[(regime, sel)], by_damp=by_damp))
   return out
@@ -90,13 +92,11 @@ def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("results", nargs="+", help="bench_quality.py JSON files")
   ap.add_argument("--regimes", default="0.5,2:4/mlp", help="the damping study's regimes")
-  ap.add_argument("--plain-damp", default="0.1", help="damp of the rows `<selector>+optima` without an override "
-                  "(the default when they were measured)")
   ap.add_argument("--default", default=f"{default_config().solver.damp:g}", help="damp labelled the default "
                   "(default: the config's solver.damp)")
   ap.add_argument("--out", default="")
   args = ap.parse_args()
-  cells = load_cells(args.results, args.regimes.split(","), args.plain_damp)
+  cells = load_cells(args.results, args.regimes.split(","))
   label = {d: f"damp {d}" + (" (paper's QP)" if d == "0" else "") + (" (default)" if d == args.default else "")
            for d in DAMPS}
   lines = ["## Per damp: the acceptance checks of issue 13", "",

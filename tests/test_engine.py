@@ -151,5 +151,5 @@ def test_auto_damp_adds_no_forward_passes(tmp_path):
     counts[auto], damps[auto] = counter.block_passes, [r["damp"] for r in rows]
   n_micro = 2 + 1                      # 6 calibration sequences in micro-batches of 4, 3 validation ones
   assert counts[False] == counts[True] == loaded.config.num_layers * 2 * n_micro
-  assert set(damps[False]) == {0.1}
+  assert set(damps[False]) == {default_config().solver.damp}
   assert set(damps[True]) <= set(default_config().solver.auto_damp_grid) and len(damps[True]) == 7 * 3
