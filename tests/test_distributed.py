@@ -17,7 +17,10 @@ from test_pipeline import cli_args
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 420
 # 6 calibration sequences in micro-batches of 4: ragged (4 + 2) and neither divides by the device count.
-EXTRA = ("--config.calibration.nsamples=6", "--config.calibration.micro_batch=4")
+# Damp 0.1, not the default 0.01: the check is on the scale-out, and with the tiny model's Hessians the
+# float32 rounding of the 8-way sum is amplified by the condition number of H + damp * mean(diag H) * I
+# (measured 1.3e-4 relative at 0.01 against < 5e-5 at 0.1), which would blur a tight comparison.
+EXTRA = ("--config.calibration.nsamples=6", "--config.calibration.micro_batch=4", "--config.solver.damp=0.1")
 
 
 def _env(devices: int, **extra):
