@@ -199,8 +199,8 @@ def main():
       cell = {"regime": regime, "row": row}
       t0 = time.perf_counter()
       if row != "dense":
-        selector, update, _ = parse_row(row)
         cfg = cell_config(row, sparsity, scope, args.set)
+        selector, update = cfg.selector, cfg.weight_update
         names = set(select_linears(api.linear_names(loaded.config), cfg.prune_scope))
         rows, times = [], {"hessians_s": 0.0, "prune_s": 0.0, "forward_s": 0.0}
 

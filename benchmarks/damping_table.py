@@ -63,15 +63,16 @@ def load_cells(paths: list[str], regimes: list[str]) -> list[dict]:
 def summary_row(cells: list[dict], d: str) -> str:
   """The acceptance checks for damp d as the default, over the cells where it was measured."""
   both = [c for c in cells if d in c["by_damp"] and "0" in c["by_damp"]]
-  cell_lower = sum(sum(math.log(c["by_damp"][d][t] / c["by_damp"]["0"][t]) for t in c["evals"]) < 0 for c in both)
   pairs = {"same": [0, 0], "other": [0, 0]}
-  logs = []
+  logs, cell_lower = [], 0
   for c in both:
-    for t in c["evals"]:
+    cell_logs = [math.log(c["by_damp"][d][t] / c["by_damp"]["0"][t]) for t in c["evals"]]
+    cell_lower += sum(cell_logs) < 0
+    logs += cell_logs
+    for t, lg in zip(c["evals"], cell_logs):
       dom = "same" if domain(t) == domain(c["calib"]) else "other"
-      pairs[dom][0] += c["by_damp"][d][t] < c["by_damp"]["0"][t]
+      pairs[dom][0] += lg < 0
       pairs[dom][1] += 1
-      logs.append(math.log(c["by_damp"][d][t] / c["by_damp"]["0"][t]))
   wanda = [(c["by_damp"][d][t], c["alone"][t]) for c in cells if c["sel"] == "wanda" and d in c["by_damp"]
            for t in c["evals"]]
   sgpt = [(c["by_damp"][d][t], c["alone"][t]) for c in cells if c["sel"] == "sparsegpt" and d in c["by_damp"]
