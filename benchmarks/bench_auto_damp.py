@@ -11,7 +11,8 @@ python benchmarks/bench_auto_damp.py --calib /tmp/optima_layers --val /tmp/optim
 
 Each layer: W, H (calibration) and the Wanda keep mask from the calibration capture, H_val from the other.
 Times: the minimum over --reps calls after a warm-up call (compilation excluded), exact solver; auto damping
-is compared with one solve at --fixed and with one solve at the damp it picked. Run it on an idle machine.
+is compared with one solve at --fixed (by default the default `solver.damp`) and with one solve at the damp
+it picked. Run it on an idle machine.
 """
 
 from __future__ import annotations
@@ -33,11 +34,16 @@ def main():
   ap.add_argument("--calib", default="/tmp/optima_layers")
   ap.add_argument("--val", default="/tmp/optima_layers_wiki")
   ap.add_argument("--grid", default="0,0.01,0.1,1")
-  ap.add_argument("--fixed", type=float, default=0.1, help="the fixed damp that auto damping is timed against")
+  ap.add_argument("--fixed", type=float, default=None,
+                  help="the fixed damp that auto damping is timed against (default: solver.damp's default)")
   ap.add_argument("--reps", type=int, default=3, help="timed calls after one warm-up; the minimum is reported")
   ap.add_argument("--out", default="")
   args = ap.parse_args()
+  from optima_jax.config import default_config
   from optima_jax.qp import auto_damp_solve, solve_rows
+
+  if args.fixed is None:
+    args.fixed = float(default_config().solver.damp)
 
   grid = tuple(float(g) for g in args.grid.split(","))
   lines = [f"| layer | fixed damp {args.fixed:g} s | auto s | auto / fixed | picked | fixed at picked s | "
