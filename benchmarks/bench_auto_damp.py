@@ -33,7 +33,8 @@ def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--calib", default="/tmp/optima_layers")
   ap.add_argument("--val", default="/tmp/optima_layers_wiki")
-  ap.add_argument("--grid", default="0,0.01,0.1,1")
+  ap.add_argument("--grid", default=None, help="damps to choose from, e.g. 0,0.01,0.1,1 "
+                  "(default: solver.auto_damp_grid's default)")
   ap.add_argument("--fixed", type=float, default=None,
                   help="the fixed damp that auto damping is timed against (default: solver.damp's default)")
   ap.add_argument("--reps", type=int, default=3, help="timed calls after one warm-up; the minimum is reported")
@@ -42,11 +43,10 @@ def main():
   from optima_jax.config import default_config
   from optima_jax.qp import auto_damp_solve, solve_rows
 
-  if args.fixed is None:
-    args.fixed = float(default_config().solver.damp)
-
-  grid = tuple(float(g) for g in args.grid.split(","))
-  lines = [f"| layer | fixed damp {args.fixed:g} s | auto s | auto / fixed | picked | fixed at picked s | "
+  solver = default_config().solver
+  fixed_damp = float(solver.damp) if args.fixed is None else args.fixed
+  grid = tuple(solver.auto_damp_grid) if args.grid is None else tuple(float(g) for g in args.grid.split(","))
+  lines = [f"| layer | fixed damp {fixed_damp:g} s | auto s | auto / fixed | picked | fixed at picked s | "
            "auto / fixed at picked | " + " | ".join(f"ratio in/out @ {g:g}" for g in grid) + " |",
            "|---|---|---|---|---|---|---|" + "---|" * len(grid)]
   total_fixed = total_auto = total_picked = 0.0
@@ -54,7 +54,7 @@ def main():
     init = np.where(mask, W, 0.0)
 
     def fixed():
-      r = solve_rows(H, W, mask, damp=args.fixed, W_init=init)
+      r = solve_rows(H, W, mask, damp=fixed_damp, W_init=init)
       np.asarray(r.weight)            # wait for the result (JAX dispatches asynchronously)
       return r
 
