@@ -125,14 +125,14 @@ def test_exact_warm_start_and_jacobi(layer):
 
 def test_rapdhg_tight_tolerance_approaches_optimum(layer):
     H, W, mask = layer
-    res = solve_rows(H, W, mask, method="rapdhg", eps_abs=1e-6, eps_rel=1e-6)
+    res = solve_rows(H, W, mask, method="rapdhg_sum", eps_abs=1e-6, eps_rel=1e-6)
     check_close_to_optimum(H, W, mask, res, 1e-3)
     assert np.all(np.asarray(res.converged))
 
 
 def test_rapdhg_loose_tolerance_rows_stop_on_their_own(layer):
     H, W, mask = layer
-    res = solve_rows(H, W, mask, method="rapdhg")  # paper defaults: 1e-2
+    res = solve_rows(H, W, mask, method="rapdhg_sum")  # paper defaults: 1e-2
     its = np.asarray(res.iterations)
     assert np.all(np.asarray(res.converged))
     assert np.all(np.asarray(res.weight)[~mask] == 0.0)
@@ -167,12 +167,12 @@ def test_rapdhg_rows_leave_and_join_the_batch_without_changing_their_iterates():
     ref = np.where(mask, W + np.asarray(x), 0.0)
     assert len(set(np.asarray(its).tolist())) >= 3           # rows finish at different iterations
     for kw in (dict(), dict(memory_budget_bytes=4 * 48 * n * 5, rapdhg_segment=64), dict(rapdhg_segment=7)):
-        r = solve_rows(H, W, mask, method="rapdhg", eps_abs=1e-4, eps_rel=1e-4, **kw)
+        r = solve_rows(H, W, mask, method="rapdhg_sum", eps_abs=1e-4, eps_rel=1e-4, **kw)
         np.testing.assert_allclose(np.asarray(r.weight), ref, rtol=1e-6, atol=1e-7, err_msg=str(kw))
         np.testing.assert_array_equal(np.asarray(r.iterations), np.asarray(its), err_msg=str(kw))
         np.testing.assert_array_equal(np.asarray(r.converged), np.asarray(status) == int(TerminationStatus.OPTIMAL), err_msg=str(kw))
     with pytest.raises(OptimaError, match="rapdhg_segment must be"):
-        solve_rows(H, W, mask, method="rapdhg", rapdhg_segment=0)
+        solve_rows(H, W, mask, method="rapdhg_sum", rapdhg_segment=0)
 
 
 def test_batching_by_memory_budget_and_warm_start(layer):
@@ -181,8 +181,8 @@ def test_batching_by_memory_budget_and_warm_start(layer):
     small = solve_rows(H, W, mask, method="exact", memory_budget_bytes=200_000)  # many small batches + padding
     np.testing.assert_allclose(np.asarray(small.weight), np.asarray(full.weight), rtol=1e-5, atol=1e-7)
     ref_w, _ = reference(H, W, mask)
-    warm = solve_rows(H, W, mask, method="rapdhg", eps_abs=1e-6, eps_rel=1e-6, W_init=ref_w.astype(np.float32))
-    cold = solve_rows(H, W, mask, method="rapdhg", eps_abs=1e-6, eps_rel=1e-6)
+    warm = solve_rows(H, W, mask, method="rapdhg_sum", eps_abs=1e-6, eps_rel=1e-6, W_init=ref_w.astype(np.float32))
+    cold = solve_rows(H, W, mask, method="rapdhg_sum", eps_abs=1e-6, eps_rel=1e-6)
     assert np.asarray(warm.iterations).sum() < np.asarray(cold.iterations).sum()
 
 
@@ -311,7 +311,7 @@ def test_mesh_of_8_devices_equals_one_device(tmp_path):
         assert len(jax.devices()) == 8
         H, W, mask = make_layer(n=48, out=21, T=200, seed=4)
         mesh = Mesh(np.array(jax.devices()), ("rows",))
-        for method, kw in (("exact", {}), ("rapdhg", dict(eps_abs=1e-4, eps_rel=1e-4))):
+        for method, kw in (("exact", {}), ("rapdhg_sum", dict(eps_abs=1e-4, eps_rel=1e-4)), ("rapdhg", dict(n_tokens=200))):
             a = solve_rows(H, W, mask, method=method, **kw)
             b = solve_rows(H, W, mask, method=method, mesh=mesh, axis_name="rows", **kw)
             np.testing.assert_allclose(np.asarray(a.weight), np.asarray(b.weight), rtol=1e-5, atol=1e-6)

@@ -6,13 +6,14 @@ from optima_jax.qp.problem import (
     create_lp,
     create_qp,
 )
+from optima_jax.qp import paper
 from optima_jax.qp.rapdhg import PdhgConfig, raPDHG, solve_dense
 from optima_jax.qp.rows import (AutoDampResult, RowSolveResult, SharedPreconditioner, auto_damp_solve,
                                 shared_preconditioner, solve_rows, validation_error)
 
 __all__ = [
     "QuadraticProgrammingProblem", "SaddlePointOutput", "TerminationStatus", "create_lp", "create_qp",
-    "PdhgConfig", "raPDHG", "solve_dense",
+    "PdhgConfig", "raPDHG", "solve_dense", "paper",
     "AutoDampResult", "RowSolveResult", "SharedPreconditioner", "auto_damp_solve", "shared_preconditioner",
     "solve_rows", "validation_error",
 ]

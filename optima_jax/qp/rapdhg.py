@@ -46,6 +46,10 @@ class PdhgConfig(NamedTuple):
     primal_weight_update_smoothing: float = 0.2
     initial_iterations: int = 10
     power_iterations: int = 100
+    # MPAX 0.2.4's main loop checks termination, then still runs the restart check and one more block of
+    # termination_evaluation_frequency steps before it stops, and returns that block's average (the
+    # convergence information stays that of the checked point). True reproduces it.
+    continue_after_optimal: bool = False
 
 
 def _norm(v, ord_):
@@ -326,7 +330,10 @@ def advance(Q, c, A, b, l, u, eq, const, st: _State, cfg: PdhgConfig, until=2**3
             steps = jnp.minimum(freq, jnp.maximum(cfg.iteration_limit - s.it, 1))
             return jax.lax.fori_loop(0, steps, lambda i, t: take_step(t), s)
 
-        return jax.lax.cond(s.done, lambda t: t, go, s)
+        stop = s.done
+        if cfg.continue_after_optimal:
+            stop = stop & (s.status != int(TerminationStatus.OPTIMAL))
+        return jax.lax.cond(stop, lambda t: t, go, s)
 
     return jax.lax.while_loop(lambda s: ~s.done & (s.it < until), body, st)
 
@@ -423,6 +430,7 @@ class raPDHG:
             sufficient_reduction_for_restart=float(self.sufficient_reduction_for_restart),
             necessary_reduction_for_restart=float(self.necessary_reduction_for_restart),
             primal_weight_update_smoothing=0.2,
+            continue_after_optimal=True,
         )
 
     def optimize(self, original_problem, initial_primal_solution=None, initial_dual_solution=None) -> SaddlePointOutput:

@@ -16,11 +16,16 @@ Methods
   * "direct": per-row direct solve of the kept sub-system (H + λI)_II z = −(H Δ₀)_I, gathered into a
     (B, k, k) batch (k = largest number of free entries in a row, padded with identity), batched
     Cholesky, one step of iterative refinement. Rows are independent, so batching is exact.
-  * "rapdhg": the paper's formulation: box-only QP (pruned entries fixed by l = u), solved by our
-    raPDHG (`optima_jax.qp.rapdhg`) vmapped over rows with H shared, so each iteration does one matmul
-    H @ Z over the batch; every row stops on its own MPAX-style termination test. The batch runs in
-    segments: finished rows leave it and waiting rows take their slots, so the cost is the sum of the
-    rows' iterations, not rows x the slowest row's.
+  * "rapdhg": the paper's QP exactly as its code builds it (`optima_jax.qp.paper`): the mean covariance
+    H / n_tokens, pruned entries boxed to [−w, −w + 1e-4], the dummy equality and inequality rows, a
+    start at Δ = 0, and the solution added to the weights in bfloat16. Solved by our raPDHG
+    (`optima_jax.qp.rapdhg`, MPAX's iterates) vmapped over rows with H shared, so each iteration does one
+    matmul H @ Z over the batch; every row stops on its own MPAX-style termination test. Since that test
+    is relative with an absolute floor, the scale of H decides how close to the optimum 1e-2 stops.
+  * "rapdhg_sum": raPDHG on H as given (Σxᵀx, n_tokens times the paper's H), pruned entries fixed by
+    l = u, no dummy rows, warm-started from W_init, float32 result: at 1e-2 a much tighter solve than
+    the paper's. Both raPDHG forms run in segments: finished rows leave the batch and waiting rows take
+    their slots, so the cost is the sum of the rows' iterations, not rows x the slowest row's.
 
 Dead input channels (diag H == 0, e.g. an input that is always zero) carry no signal: their kept
 weights are left unchanged (Δ_i = 0) and excluded from the solve. Singular H (fewer tokens than
@@ -40,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optima_jax.errors import OptimaError
+from optima_jax.qp import paper as _paper
 from optima_jax.qp import pcg as _pcg
 from optima_jax.qp.problem import TerminationStatus
 from optima_jax.qp import rapdhg as _pdhg
@@ -53,14 +59,14 @@ class RowSolveResult(NamedTuple):
 
     weight:     float32 (out, in), pruned entries exactly 0.
     converged:  bool (out,): exact: finite and relative residual ≤ rtol; direct: finite and backward
-                error ≤ rtol; rapdhg: status OPTIMAL.
+                error ≤ rtol; rapdhg, rapdhg_sum: status OPTIMAL.
     iterations: int32 (out,): exact: CG iterations (both passes); direct: 1 + refinement steps;
-                rapdhg: PDHG iterations.
+                rapdhg, rapdhg_sum: PDHG iterations.
     objective:  float32 (out,): ½ ΔᵀHΔ with the *undamped* H (Δ = weight − W).
     residual:   float32 (out,): exact: true relative residual ‖(Ĥy)_F‖/‖b‖ in scaled coordinates;
                 direct: normwise backward error of the kept sub-system;
-                rapdhg: max(relative primal residual, relative dual residual, relative gap).
-    damp_value: λ actually added to the diagonal (absolute units of H).
+                rapdhg, rapdhg_sum: max(relative primal residual, relative dual residual, relative gap).
+    damp_value: λ actually added to the diagonal (absolute units of the H passed in).
     """
 
     weight: jax.Array
@@ -184,23 +190,32 @@ def _rows_map(fn, mesh, axis_name):
     return sharded
 
 
-@partial(jax.jit, static_argnames=("cfg", "mesh", "axis_name"))
-def _pdhg_start(Hd, free, fixed_delta, x0, *, cfg, mesh, axis_name):
-    no_dual = jnp.zeros((0,), Hd.dtype)
-    return _rows_map(lambda H, f, d, x: _pdhg.start(*_row_qp(H, f, d), x, no_dual, cfg), mesh, axis_name)(
-        Hd, free, fixed_delta, x0)
+_ROW_QPS = {"rapdhg": _paper.row_problem, "rapdhg_sum": _row_qp}   # method -> one row's QP builder
 
 
-@partial(jax.jit, static_argnames=("cfg", "mesh", "axis_name"))
-def _pdhg_advance(Hd, free, fixed_delta, state, until, *, cfg, mesh, axis_name):
-    return _rows_map(lambda H, f, d, st, u: _pdhg.advance(*_row_qp(H, f, d), st, cfg, u), mesh, axis_name)(
+@partial(jax.jit, static_argnames=("cfg", "form", "mesh", "axis_name"))
+def _pdhg_start(Hd, free, fixed_delta, x0, *, cfg, form, mesh, axis_name):
+    row_qp = _ROW_QPS[form]
+
+    def one(H, f, d, x):
+        prob = row_qp(H, f, d)
+        return _pdhg.start(*prob, x, jnp.zeros(prob[3].shape, H.dtype), cfg)
+    return _rows_map(one, mesh, axis_name)(Hd, free, fixed_delta, x0)
+
+
+@partial(jax.jit, static_argnames=("cfg", "form", "mesh", "axis_name"))
+def _pdhg_advance(Hd, free, fixed_delta, state, until, *, cfg, form, mesh, axis_name):
+    row_qp = _ROW_QPS[form]
+    return _rows_map(lambda H, f, d, st, u: _pdhg.advance(*row_qp(H, f, d), st, cfg, u), mesh, axis_name)(
         Hd, free, fixed_delta, state, until)
 
 
-@partial(jax.jit, static_argnames=("cfg", "mesh", "axis_name"))
-def _pdhg_finish(Hd, free, fixed_delta, state, *, cfg, mesh, axis_name):
+@partial(jax.jit, static_argnames=("cfg", "form", "mesh", "axis_name"))
+def _pdhg_finish(Hd, free, fixed_delta, state, *, cfg, form, mesh, axis_name):
+    row_qp = _ROW_QPS[form]
+
     def one(H, f, d, st):
-        x, _, status, its, ci = _pdhg.finish(*_row_qp(H, f, d), st, cfg)
+        x, _, status, its, ci = _pdhg.finish(*row_qp(H, f, d), st, cfg)
         res = jnp.maximum(jnp.maximum(ci[5], ci[6]), ci[8])
         return jnp.where(f, x, d), res, its.astype(jnp.int32), status == int(TerminationStatus.OPTIMAL)
     return _rows_map(one, mesh, axis_name)(Hd, free, fixed_delta, state)
@@ -215,16 +230,18 @@ def _bucket(k: int, pool: int, ndev: int) -> int:
     return min(b, pool) * ndev
 
 
-def _rapdhg_rows(Hd, cfg: PdhgConfig, free, fixed_delta, x0, *, pool: int, segment: int, mesh, axis_name):
+def _rapdhg_rows(Hd, cfg: PdhgConfig, free, fixed_delta, x0, *, form: str, pool: int, segment: int, mesh,
+                 axis_name):
     """raPDHG for all rows, a pool of `pool` rows (per device) at a time, run in segments of `segment`
     iterations. Between segments the finished rows are collected and their slots refilled with waiting
     rows, or, once none wait, the batch shrinks to the live rows; so the batch never runs on behind its
     slowest row as one vmapped while_loop does. Each row's iterates are those of `solve_dense` alone.
 
-    Hd (n, n); free, fixed_delta, x0: numpy (R, n). Returns numpy (delta (R, n), res, its, ok)."""
+    Hd (n, n); free, fixed_delta, x0: numpy (R, n); form: a key of _ROW_QPS (the row QP's construction).
+    Returns numpy (delta (R, n), res, its, ok)."""
     R, n = free.shape
     ndev = 1 if mesh is None else int(mesh.shape[axis_name])
-    kw = dict(cfg=cfg, mesh=mesh, axis_name=axis_name)
+    kw = dict(cfg=cfg, form=form, mesh=mesh, axis_name=axis_name)
     delta = np.zeros((R, n), np.float32)
     res, its, ok = np.zeros(R, np.float32), np.zeros(R, np.int32), np.zeros(R, bool)
     slot_row = np.full(0, -1)          # row id held by each slot of the batch (-1: empty)
@@ -381,14 +398,18 @@ def solve_rows(
     precond_rho: float = 1e-3,
     shared: SharedPreconditioner | None = None,
     rapdhg_segment: int = 1024,
+    n_tokens: int | None = None,
 ) -> RowSolveResult:
     """OPTIMA's per-row weight update for one linear layer (see module docstring).
 
     H: (in, in) Σ xᵀx; W: (out, in) dense weights; keep_mask: bool (out, in), True = kept.
     method: "exact" (batched masked PCG, the default), "direct" (per-row Cholesky of the kept sub-system,
-        O(k³) per row) or "rapdhg" (the paper's raPDHG, eps_abs/eps_rel/iteration_limit).
+        O(k³) per row), "rapdhg" (the paper's QP and raPDHG, eps_abs/eps_rel/iteration_limit; needs
+        n_tokens) or "rapdhg_sum" (raPDHG on Σxᵀx with fixed pruned entries).
+    n_tokens: rapdhg only: the number of calibration tokens summed into H (H / n_tokens is the paper's Q).
     damp: ridge added as damp · mean(diag H) to the diagonal (every method).
-    W_init: (out, in) starting weights for exact and rapdhg (e.g. the selector's); pruned entries are ignored.
+    W_init: (out, in) starting weights for exact and rapdhg_sum (e.g. the selector's); pruned entries are
+        ignored. rapdhg starts at Δ = 0, as the paper's code does.
     memory_budget_bytes: rows are solved in batches sized so one batch's work arrays fit this budget.
     mesh/axis_name: if a Mesh is given, row batches are split over its `axis_name` axis with shard_map.
     rtol: exact: per-row stop on the relative residual (scaled coordinates); direct: bound on the backward
@@ -399,16 +420,19 @@ def solve_rows(
     iteration_limit: also caps exact's CG iterations per pass (at most min(iteration_limit, 4·in + 100)).
     shared: exact only: reuse a preconditioner built by `shared_preconditioner` for this H at another damp
         instead of factorizing (results are the same solution to rtol; only the iteration count changes).
-    rapdhg_segment: rapdhg only: iterations between the points where finished rows leave the batch and
+    rapdhg_segment: rapdhg and rapdhg_sum: iterations between the points where finished rows leave the batch and
         waiting rows take their slots (a row's iterates do not depend on it; it trades host round trips
         against idle slots).
     """
     _validate(H, W, keep_mask, where)
     if int(rapdhg_segment) < 1:
         raise OptimaError(f"rapdhg_segment must be ≥ 1, got {rapdhg_segment}" + (f" ({where})" if where else ""))
-    if method not in ("exact", "direct", "rapdhg"):
-        raise OptimaError(f"unknown solve method {method!r}: use 'exact', 'direct' or 'rapdhg'"
+    if method not in ("exact", "direct", "rapdhg", "rapdhg_sum"):
+        raise OptimaError(f"unknown solve method {method!r}: use 'exact', 'direct', 'rapdhg' or 'rapdhg_sum'"
                           + (f" ({where})" if where else ""))
+    if method == "rapdhg" and not (isinstance(n_tokens, (int, np.integer)) and n_tokens >= 1):
+        raise OptimaError("method='rapdhg' solves the paper's QP on the mean covariance H / n_tokens: pass n_tokens, "
+                          f"the number of tokens summed into H (got {n_tokens!r})" + (f" ({where})" if where else ""))
     if preconditioner not in ("inverse", "jacobi"):
         raise OptimaError(f"unknown preconditioner {preconditioner!r}: use 'inverse' or 'jacobi'"
                           + (f" ({where})" if where else ""))
@@ -427,7 +451,8 @@ def solve_rows(
         mean_diag = 1.0
     lam = float(damp) * mean_diag
     dead = diag <= 0
-    free = mask & ~dead[None, :]
+    # rapdhg: every kept entry is a variable, as in the paper's code (a dead input's weight stays at Δ = 0)
+    free = mask if method == "rapdhg" else mask & ~dead[None, :]
     fixed_delta = np.where(mask, 0.0, -Wn).astype(np.float32)
     Hd = Hn + np.float32(lam) * np.eye(n, dtype=np.float32)
 
@@ -472,19 +497,29 @@ def solve_rows(
         valid = np.take_along_axis(fp, order, axis=1)
         extra = (jnp.asarray(order.astype(np.int32)), jnp.asarray(valid))
     else:
-        x0 = np.zeros_like(Wn) if W_init is None else np.asarray(W_init, np.float32) - Wn
-        x0 = np.where(free, x0, fixed_delta).astype(np.float32)
-        cfg = PdhgConfig(eps_abs=float(eps_abs), eps_rel=float(eps_rel), iteration_limit=int(iteration_limit))
-        delta, res, its, ok = _rapdhg_rows(jnp.asarray(Hd), cfg, free, fixed_delta, x0, pool=bs,
+        if method == "rapdhg":     # the paper's Q: the mean covariance, from Δ = 0
+            Q = Hd * np.float32(_paper.hessian_scale(int(n_tokens)))
+            x0 = np.zeros_like(Wn)
+        else:
+            Q = Hd
+            x0 = np.zeros_like(Wn) if W_init is None else np.asarray(W_init, np.float32) - Wn
+            x0 = np.where(free, x0, fixed_delta).astype(np.float32)
+        cfg = PdhgConfig(eps_abs=float(eps_abs), eps_rel=float(eps_rel), iteration_limit=int(iteration_limit),
+                         continue_after_optimal=method == "rapdhg")    # MPAX's last block of steps
+        delta, res, its, ok = _rapdhg_rows(jnp.asarray(Q), cfg, free, fixed_delta, x0, form=method, pool=bs,
                                            segment=int(rapdhg_segment), mesh=mesh, axis_name=axis_name)
         delta, res, its, ok = (jnp.asarray(t) for t in (delta, res, its, ok))
+        if method == "rapdhg":     # the paper's bf16 write-back; Δ as actually applied
+            weight = _paper.cast_weights(jnp.asarray(Wn), delta, jnp.asarray(mask))
+            delta = jnp.where(jnp.asarray(mask), weight - jnp.asarray(Wn), -jnp.asarray(Wn))
         obj = 0.5 * jnp.sum(jnp.matmul(delta, jnp.asarray(Hn), precision=_pcg.HI) * delta, axis=1)
-    if method != "rapdhg":
+    if method not in ("rapdhg", "rapdhg_sum"):
         delta, res, its, ok, obj = _solve_all(
             jnp.asarray(Hd), jnp.asarray(Hn), jnp.float32(mean_diag), jnp.asarray(Wp), jnp.asarray(fp),
             jnp.asarray(dp), extra, pcg_args, method=method, bs=bs, mesh=mesh, axis_name=axis_name)
         delta, res, its, ok, obj = (t[:R] for t in (delta, res, its, ok, obj))
-    weight = jnp.where(jnp.asarray(mask), jnp.asarray(Wn) + delta, 0.0)
+    if method != "rapdhg":
+        weight = jnp.where(jnp.asarray(mask), jnp.asarray(Wn) + delta, 0.0)
     converged = ok & (res <= rtol) if method in ("exact", "direct") else ok
     return RowSolveResult(weight=weight, converged=converged, iterations=its, objective=obj, residual=res,
                           damp_value=lam)

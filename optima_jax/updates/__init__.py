@@ -4,7 +4,8 @@ Every update maps (W_dense (out, in) f32, SelectionResult, LinearStats, H_val | 
 `UpdateResult`. Names:
   none    W * keep_mask (the selector's mask, no reconstruction)
   own     the selector's own weights (SparseGPT's OBS update, Thanos' block update; = none for Wanda)
-  optima  the OPTIMA QP per row, solved by `optima_jax.qp.solve_rows` (exact solver or rAPDHG)
+  optima  the OPTIMA QP per row, solved by `optima_jax.qp.solve_rows` (exact solver, the paper's rAPDHG
+          setting, or rAPDHG on Σxᵀx)
   adam    the paper's Table 7 ablation: optax adam on the layer's reconstruction error
 """
 
@@ -67,7 +68,8 @@ def update_optima(W, selection, stats, H_val=None, *, method="exact", damp=0.0, 
 
   kw = dict(method=method, eps_abs=eps_abs, eps_rel=eps_rel, iteration_limit=iteration_limit,
             W_init=jnp.where(selection.keep_mask, selection.weight, 0.0),
-            memory_budget_bytes=memory_budget_bytes, mesh=mesh, rtol=rtol, where=where)
+            memory_budget_bytes=memory_budget_bytes, mesh=mesh, rtol=rtol, where=where,
+            n_tokens=int(stats.n_tokens))
   info = {}
   if auto_damp:
     if H_val is None:
@@ -81,7 +83,10 @@ def update_optima(W, selection, stats, H_val=None, *, method="exact", damp=0.0, 
     info["damp"] = float(damp)
   info["iterations_mean"] = float(jnp.mean(res.iterations))
   info["iterations_max"] = int(jnp.max(res.iterations))
-  info["converged_fraction"] = float(jnp.mean(res.converged.astype(jnp.float32)))
+  if method == "rapdhg":   # the paper's rule: the fraction of OPTIMAL rows in its worst mini-batch
+    info["converged_fraction"] = qp.paper.min_minibatch_fraction(res.converged, W.shape[1])
+  else:
+    info["converged_fraction"] = float(jnp.mean(res.converged.astype(jnp.float32)))
   return UpdateResult(res.weight, info)
 
 
