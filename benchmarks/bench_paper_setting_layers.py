@@ -11,7 +11,9 @@ python benchmarks/bench_paper_setting_layers.py --rows 64 --out docs/results/pap
 Each layer: W, H (calibration) and the Wanda keep mask from the calibration capture, H_val from the other.
 The same --rows output rows (evenly spaced; 0 = all) are solved by every setting. "ratio in / out" is the
 setting's output error tr(ΔW H ΔWᵀ) over the mask-only error, under H (the calibration tokens) and under
-H_val (text the calibration never saw). rAPDHG rows start from Δ = 0, as the paper's code does.
+H_val (text the calibration never saw). "rAPDHG" rows are the paper's QP as its code builds it
+(solver.method=rapdhg: mean covariance, box, dummy rows, start at Δ = 0, bf16 write-back); the
+"rAPDHG-sum" row is the construction optima_jax used before issue 24 (Σxᵀx, fixed entries).
 """
 
 from __future__ import annotations
@@ -20,16 +22,23 @@ import argparse
 import time
 import numpy as np
 
-from capture_layers import emit_table, layer_pairs, output_error
+from capture_layers import capture_tokens, emit_table, layer_pairs, output_error
+from optima_jax.config import default_config
+
+DEFAULT_DAMP = float(default_config().solver.damp)
 
 # (label, solve_rows keyword arguments)
 SETTINGS = (
     ("exact, damp 0 (the QP's optimum)", dict(method="exact", damp=0.0)),
-    ("exact, damp 0.1 (default)", dict(method="exact", damp=0.1)),
-    ("rAPDHG 1e-2, damp 0 (paper)", dict(method="rapdhg", damp=0.0, eps_abs=1e-2, eps_rel=1e-2,
-                                        iteration_limit=100_000)),
-    ("rAPDHG 1e-3, damp 0", dict(method="rapdhg", damp=0.0, eps_abs=1e-3, eps_rel=1e-3,
-                                 iteration_limit=100_000)),
+    (f"exact, damp {DEFAULT_DAMP:g} (default)", dict(method="exact", damp=DEFAULT_DAMP)),
+    ("rAPDHG 1e-2, damp 0 (the paper's setting)", dict(method="rapdhg", damp=0.0, eps_abs=1e-2, eps_rel=1e-2,
+                                                       iteration_limit=100_000)),
+    ("rAPDHG 1e-3, damp 0 (paper's QP)", dict(method="rapdhg", damp=0.0, eps_abs=1e-3, eps_rel=1e-3,
+                                              iteration_limit=100_000)),
+    ("rAPDHG 1e-4, damp 0 (paper's QP)", dict(method="rapdhg", damp=0.0, eps_abs=1e-4, eps_rel=1e-4,
+                                              iteration_limit=100_000)),
+    ("rAPDHG-sum 1e-2, damp 0 (Σxᵀx, before issue 24)", dict(method="rapdhg_sum", damp=0.0, eps_abs=1e-2,
+                                                              eps_rel=1e-2, iteration_limit=100_000)),
 )
 
 
@@ -68,7 +77,7 @@ def main():
     optimum = None
     for label, kw in settings:
       t = time.perf_counter()
-      r = solve_rows(H, W, mask, where=layer, **kw)
+      r = solve_rows(H, W, mask, where=layer, n_tokens=capture_tokens(args.calib, layer), **kw)
       Wn = np.asarray(r.weight)
       secs = time.perf_counter() - t
       e_in = output_error(Wn, W, H)

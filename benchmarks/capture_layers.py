@@ -22,6 +22,12 @@ def layer_pairs(calib_dir: str, val_dir: str):
     yield Path(path).stem.split("__")[-1], z["W"], z["H"], z["keep_mask"].astype(bool), zv["H"]
 
 
+def capture_tokens(calib_dir: str, layer: str) -> int:
+  """The number of calibration tokens summed into the H of `layer`'s capture in calib_dir."""
+  (path,) = glob.glob(os.path.join(calib_dir, f"*__{layer}.npz"))
+  return int(np.load(path)["n_tokens"])
+
+
 def output_error(Wx, W0, H) -> float:
   """tr((Wx − W0) H (Wx − W0)ᵀ) in float64."""
   D = np.asarray(Wx, np.float64) - np.asarray(W0, np.float64)
