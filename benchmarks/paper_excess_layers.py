@@ -17,20 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def optimum(H, W, mask):
-  """Per-row float64 optimum of ½ΔᵀHΔ with Δ_i = −w_i on pruned entries (dead channels keep Δ = 0)."""
-  H = np.asarray(H, np.float64)
-  dead = np.diag(H) <= 0
-  obj = np.zeros(W.shape[0])
-  for j in range(W.shape[0]):
-    f, s = mask[j] & ~dead, ~mask[j]
-    d = np.zeros(H.shape[0])
-    d[s] = -W[j, s]
-    if f.any():
-      d[f] = np.linalg.solve(H[np.ix_(f, f)], -H[np.ix_(f, s)] @ d[s])
-    obj[j] = 0.5 * d @ H @ d
-  return obj
+from bench_solver import objective, optimum
 
 
 def main():
@@ -54,8 +41,7 @@ def main():
       t = time.perf_counter()
       r = solve_rows(H, W, mask, method=method, n_tokens=int(z["n_tokens"]), eps_abs=args.eps, eps_rel=args.eps)
       secs = time.perf_counter() - t
-      d = np.asarray(r.weight, np.float64) - W
-      ex = (0.5 * np.sum((d @ np.asarray(H, np.float64)) * d, axis=1) - opt) / opt
+      ex = (objective(H, W, r.weight) - opt) / opt
       it = np.asarray(r.iterations)
       print(f"| {name} | {len(rows)} | {label} | {100 * ex.mean():+.3f}% | {100 * ex.max():+.3f}% "
             f"| {int(np.median(it))} / {it.max()} | {secs:.1f} |", flush=True)
