@@ -27,11 +27,35 @@ def _q8_0_roundtrip64(w: np.ndarray) -> np.ndarray:
     return (d.astype(np.float16).astype(np.float64) * q).reshape(w.shape)
 
 
-def _tiny_llama(tmp_path: Path):
+def _tiny_vocab(kind: str):
+    """A tiny but complete tokenizer vocabulary as llama.cpp writes it: byte-level BPE ('gpt2', every byte a
+    token plus a few merges) or sentencepiece ('llama': <unk>/<s>/</s>, byte-fallback tokens, scored pieces)."""
+    if kind == "gpt2":
+        from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+        base = list(bytes_to_unicode().values())
+        merged = ["Ġt", "he", "Ġthe", "in", "Ġin"]
+        tokens = base + merged + ["<|endoftext|>"]
+        types = [1] * (len(tokens) - 1) + [3]
+        merges = ["Ġ t", "h e", "Ġt he", "i n", "Ġ in"]
+        return dict(model="gpt2", pre="smollm", tokens=tokens, types=types, merges=merges, scores=None,
+                    bos=len(tokens) - 1, eos=len(tokens) - 1, unk=None, add_bos=False)
+    pieces = ["▁", "t", "h", "e", "i", "n", "▁t", "he", "▁the", "in", "▁in"]
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
+    types = [2, 3, 3] + [6] * 256 + [1] * len(pieces)
+    scores = [0.0, 0.0, 0.0] + [0.0] * 256 + [-float(i) for i in range(len(pieces))]
+    return dict(model="llama", pre="default", tokens=tokens, types=types, merges=None, scores=scores,
+                bos=1, eos=2, unk=0, add_bos=True)
+
+
+def _tiny_llama(tmp_path: Path, tokenizer: str | None = None):
+    """A random 2-layer LLaMA written as llama.cpp's converter would; `tokenizer` ('gpt2' / 'llama') also writes
+    a _tiny_vocab tokenizer, sizing the embedding to it."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    vocab = _tiny_vocab(tokenizer) if tokenizer else None
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    cfg = LlamaConfig(vocab_size=len(vocab["tokens"]) if vocab else 96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                       rope_theta=50000.0, rms_norm_eps=1e-5, tie_word_embeddings=False)
     model = LlamaForCausalLM(cfg).eval()
@@ -52,7 +76,21 @@ def _tiny_llama(tmp_path: Path):
     w.add_rope_freq_base(50000.0)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_dimension_count(16)
-    w.add_vocab_size(96)
+    w.add_vocab_size(cfg.vocab_size)
+    if vocab:
+        w.add_tokenizer_model(vocab["model"])
+        w.add_tokenizer_pre(vocab["pre"])
+        w.add_token_list(vocab["tokens"])
+        w.add_token_types(vocab["types"])
+        if vocab["merges"]:
+            w.add_token_merges(vocab["merges"])
+        if vocab["scores"]:
+            w.add_token_scores(vocab["scores"])
+        w.add_bos_token_id(vocab["bos"])
+        w.add_eos_token_id(vocab["eos"])
+        if vocab["unk"] is not None:
+            w.add_unk_token_id(vocab["unk"])
+        w.add_add_bos_token(vocab["add_bos"])
     w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
     q8 = {}
 
@@ -116,6 +154,39 @@ def test_tiny_llama_gguf_matches_transformers_loader(tmp_path):
     for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                 "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings"):
         assert cfg[key] == hc[key], key
+
+
+TOKENIZER_TEXTS = ["the thin hen in the inn", " in the  thé\n\nthe", "Hello, world! 1,234.5"]
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_gguf_tokenizer_without_torch_matches_transformers(tmp_path, kind):
+    """The GGUF load path builds its tokenizer with torch unimportable, and the ids, special tokens and BOS rule
+    equal transformers' own from_pretrained(gguf_file=...) (which needs torch)."""
+    import json
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    path, _ = _tiny_llama(tmp_path, tokenizer=kind)
+    code = (
+        "import json, sys\n"
+        "sys.modules['torch'] = None  # any 'import torch' now raises ImportError\n"
+        "from models.loading.gguf import load_gguf\n"
+        f"_, _, tok = load_gguf({str(path)!r}, cache_dir={str(tmp_path / 'cache')!r})\n"
+        f"texts = {TOKENIZER_TEXTS!r}\n"
+        "print(json.dumps({'ids': [tok(t).input_ids for t in texts], 'bos': tok.bos_token_id,"
+        " 'eos': tok.eos_token_id, 'decoded': tok.decode(tok(texts[1]).input_ids, skip_special_tokens=True)}))\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    ref = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
+    assert got["ids"] == [ref(t).input_ids for t in TOKENIZER_TEXTS]
+    assert (got["bos"], got["eos"]) == (ref.bos_token_id, ref.eos_token_id)
+    assert got["decoded"] == ref.decode(ref(TOKENIZER_TEXTS[1]).input_ids, skip_special_tokens=True)
+    assert len(set(map(len, got["ids"]))) > 1 and max(map(len, got["ids"])) > 5   # real tokenization happened
 
 
 def test_tiny_gemma3_gguf_norms_and_layer_types(tmp_path):
@@ -244,8 +315,8 @@ def test_real_gguf_matches_transformers(source):
     from transformers import AutoTokenizer
     ref_tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     assert tok(text).input_ids == ref_tok(text).input_ids
-    from models.loading.gguf import _load_tokenizer
-    cached = _load_tokenizer(path, None)            # the tokenizer saved in the cache on first load
+    from models.loading.gguf import _load_tokenizer, _open_reader
+    cached = _load_tokenizer(path, _open_reader(path), None)   # the tokenizer saved in the cache on first load
     text = Path(os.environ.get("OPTIMA_JAX_DATA_DIR", "/work/shared/data"), "wiki_test.txt")
     text = text.read_text()[:20000] if text.exists() else text_fallback()
     assert cached(text).input_ids == ref_tok(text).input_ids

