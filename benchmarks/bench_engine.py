@@ -28,11 +28,10 @@ def main():
   args = ap.parse_args()
 
   import jax.numpy as jnp
-  import models
+  from optima_jax import models
   from optima_jax import data
   from optima_jax.config import default_config
   from optima_jax.engine import peak_host_memory_mb, run_sequential
-  from optima_jax.prune import family_add_bos
   from optima_jax.pruner import make_pruner
 
   t0 = time.perf_counter()
@@ -40,7 +39,7 @@ def main():
   model = models.build_model(loaded.config, loaded.params, dtype=jnp.float32)
   mem_model = peak_host_memory_mb()
   ids = data.calibration_windows(args.source, loaded.tokenizer, nsamples=args.nsamples, seqlen=args.seqlen,
-                                 seed=0, add_bos=family_add_bos(loaded.config, loaded.tokenizer))
+                                 seed=0, add_bos=loaded.config.adds_bos(loaded.tokenizer))
   setup_s = time.perf_counter() - t0
   cfg = default_config()
   cfg.selector, cfg.weight_update = "wanda", "none"

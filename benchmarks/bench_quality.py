@@ -149,13 +149,12 @@ def main():
   ap.add_argument("--set", default="", help="overrides for every cell, e.g. solver.damp=0.1")
   args = ap.parse_args()
 
-  import models
+  from optima_jax import models
   from optima_jax import data, evaluate
   from optima_jax.engine import run_sequential
-  from optima_jax.prune import family_add_bos
   from optima_jax.pruner import make_pruner
   from optima_jax.sparsity import select_linears
-  from models import api
+  from optima_jax.models import api
 
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
@@ -169,7 +168,7 @@ def main():
   loaded = models.load_model(args.model)
   load_s = time.perf_counter() - t
   tok = loaded.tokenizer
-  add_bos = family_add_bos(loaded.config, tok)
+  add_bos = loaded.config.adds_bos(tok)
   t = time.perf_counter()
   ids = data.calibration_windows(args.calib, tok, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
                                  add_bos=add_bos)

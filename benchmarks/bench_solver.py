@@ -137,24 +137,24 @@ def main():
             print(f"| {name} | {label} | {nrows} | {ex:.2e} | {exr:.2e} | {int(np.max(its))} | {dt:.3f} | "
                   f"{dt / nrows:.2e} | {lt:.2f} |", flush=True)
 
-        r, dt, _ = timed(lambda: solve_rows(H, W, mask, method="exact"), a.reps)
+        r, dt, _ = timed(lambda: solve_rows(H, W, mask, method="exact", damp=0.0), a.reps)
         report("ours exact (PCG, all rows)", np.asarray(r.weight)[rows], np.asarray(r.iterations)[rows], dt, R)
-        r, dt, _ = timed(lambda: solve_rows(H, W, mask, method="exact", preconditioner="jacobi"), a.reps)
+        r, dt, _ = timed(lambda: solve_rows(H, W, mask, method="exact", preconditioner="jacobi", damp=0.0), a.reps)
         report("ours exact Jacobi-PCG (all rows)", np.asarray(r.weight)[rows], np.asarray(r.iterations)[rows], dt, R)
-        r, dt, _ = timed(lambda: solve_rows(H, Ws, ms, method="direct"), 1)
+        r, dt, _ = timed(lambda: solve_rows(H, Ws, ms, method="direct", damp=0.0), 1)
         report("ours direct", r.weight, r.iterations, dt, len(rows))
         if a.no_mpax:
             continue
         k = min(a.mpax_rows, len(rows))
         sub = slice(0, k)
-        r2, dt2, _ = timed(lambda: solve_rows(H, Ws[sub], ms[sub], method="rapdhg_sum", eps_abs=1e-2, eps_rel=1e-2), 1)
+        r2, dt2, _ = timed(lambda: solve_rows(H, Ws[sub], ms[sub], method="rapdhg_sum", eps_abs=1e-2, eps_rel=1e-2, damp=0.0), 1)
         report("ours rAPDHG-sum 1e-2 (mpax subset)", r2.weight, r2.iterations, dt2, k, sub)
         Wn, its, dt, _ = mpax_rows(H, Ws[sub], ms[sub], 1e-2)
         report("mpax raPDHG 1e-2 (vmap rows)", Wn, its, dt, k, sub)
         kt = min(a.mpax_tight_rows, len(rows))
         subt = slice(0, kt)
         r2, dt2, _ = timed(lambda: solve_rows(H, Ws[subt], ms[subt], method="rapdhg_sum", eps_abs=a.mpax_tight_eps,
-                                              eps_rel=a.mpax_tight_eps), 1)
+                                              eps_rel=a.mpax_tight_eps, damp=0.0), 1)
         report(f"ours rAPDHG-sum {a.mpax_tight_eps:g} (tight subset)", r2.weight, r2.iterations, dt2, kt, subt)
         Wn, its, dt, _ = mpax_rows(H, Ws[subt], ms[subt], a.mpax_tight_eps)
         report(f"mpax raPDHG {a.mpax_tight_eps:g} (vmap rows)", Wn, its, dt, kt, subt)

@@ -39,7 +39,7 @@ def main():
     opt = optimum(H, W, mask)
     for label, method in ((f"rapdhg {args.eps:g} (paper)", "rapdhg"), (f"rapdhg_sum {args.eps:g}", "rapdhg_sum")):
       t = time.perf_counter()
-      r = solve_rows(H, W, mask, method=method, n_tokens=int(z["n_tokens"]), eps_abs=args.eps, eps_rel=args.eps)
+      r = solve_rows(H, W, mask, method=method, n_tokens=int(z["n_tokens"]), eps_abs=args.eps, eps_rel=args.eps, damp=0.0)
       secs = time.perf_counter() - t
       ex = (objective(H, W, r.weight) - opt) / opt
       it = np.asarray(r.iterations)

@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models.config import ModelConfig
-from models.errors import ParamsError
-from models.registry import block_layout
-from models.transformer import CausalLM
+from optima_jax.models.config import ModelConfig
+from optima_jax.models.errors import ParamsError
+from optima_jax.models.registry import block_layout
+from optima_jax.models.transformer import CausalLM
 
 
 def linear_names(config: ModelConfig | None) -> list[str]:

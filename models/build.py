@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from models.config import ModelConfig
-from models.errors import ParamsError
-from models.registry import params_module
-from models.transformer import CausalLM
+from optima_jax.models.config import ModelConfig
+from optima_jax.models.errors import ParamsError
+from optima_jax.models.registry import params_module
+from optima_jax.models.transformer import CausalLM
 
 
 def _name(path) -> str:

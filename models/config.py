@@ -106,12 +106,28 @@ class ModelConfig:
     final_norm: bool = True             # a final norm before the LM head
     norm_affine: bool = True            # OPT ``layer_norm_elementwise_affine``
     embed_dim: int | None = None        # OPT ``word_embed_proj_dim`` when != hidden_size (project_in / project_out)
+    # The family's BOS rule for every window it is fed (calibration, the run's perplexity, optima-eval, lm-eval):
+    # "always" (Gemma: trained with <bos> first, its perplexity is meaningless without) | "tokenizer" (as the
+    # tokenizer's default encoding does: LLaMA-3 adds <|begin_of_text|>, OPT </s>; SmolLM2 and Qwen add nothing).
+    bos: str = "tokenizer"
     hf_config: dict = dataclasses.field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
     def family(self) -> str:
         return {"llama": "llama", "qwen2": "qwen2", "gemma2": "gemma", "gemma3_text": "gemma",
                 "opt": "opt"}[self.model_type]
+
+    def adds_bos(self, tokenizer) -> bool:
+        """Whether windows fed to this model start with ``tokenizer.bos_token_id`` (the ``bos`` rule above)."""
+        if self.bos == "always":
+            if getattr(tokenizer, "bos_token_id", None) is None:
+                raise ModelConfigError(f"{self.model_type} windows start with BOS, but the tokenizer has no BOS token")
+            return True
+        bos = getattr(tokenizer, "bos_token_id", None)
+        if bos is None:
+            return False
+        ids = tokenizer("a").input_ids
+        return len(ids) > 0 and ids[0] == bos
 
     def rope_for(self, layer_idx: int) -> RopeSpec:
         return self.rope_sliding if self.layer_types[layer_idx] == SLIDING else self.rope_full

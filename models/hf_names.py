@@ -1,7 +1,7 @@
 """HF tensor names and shapes for the core decoder (shared by the families' ``params.py``)."""
 from __future__ import annotations
 
-from models.config import ModelConfig
+from optima_jax.models.config import ModelConfig
 
 LINEAR_NAMES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")

@@ -4,15 +4,15 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Callable
 
-from models.config import ModelConfig, UnsupportedModelError
-from models.gemma import modeling as _gemma
-from models.gemma import params as _gemma_params
-from models.llama import modeling as _llama
-from models.llama import params as _llama_params
-from models.opt import modeling as _opt
-from models.opt import params as _opt_params
-from models.qwen2 import modeling as _qwen2
-from models.qwen2 import params as _qwen2_params
+from optima_jax.models.config import ModelConfig, UnsupportedModelError
+from optima_jax.models.gemma import modeling as _gemma
+from optima_jax.models.gemma import params as _gemma_params
+from optima_jax.models.llama import modeling as _llama
+from optima_jax.models.llama import params as _llama_params
+from optima_jax.models.opt import modeling as _opt
+from optima_jax.models.opt import params as _opt_params
+from optima_jax.models.qwen2 import modeling as _qwen2
+from optima_jax.models.qwen2 import params as _qwen2_params
 
 _PARSERS: dict[str, Callable[..., ModelConfig]] = {
     "llama": _llama.config_from_hf,
@@ -53,13 +53,13 @@ def params_module(cfg: ModelConfig) -> ModuleType:
 
 def backbone_class(cfg: ModelConfig) -> type:
     """The nnx module class of HF's ``model.`` subtree for this config."""
-    from models.transformer import Backbone
+    from optima_jax.models.transformer import Backbone
     return _BACKBONES.get(cfg.model_type, Backbone)
 
 
 def block_layout(cfg: ModelConfig | None) -> ModuleType:
     """Block tensor layout (linear names, input groups, name prefix, shapes) for this config (None: the core's)."""
-    from models import hf_names
+    from optima_jax.models import hf_names
     if cfg is None:
         return hf_names
     return _LAYOUTS.get(cfg.model_type, hf_names)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from models.config import SLIDING, ModelConfig
+from optima_jax.models.config import SLIDING, ModelConfig
 
 
 def _act(name: str, x: jax.Array) -> jax.Array:
@@ -253,7 +253,7 @@ class Backbone(nnx.Module):
 
 def make_backbone(cfg: ModelConfig, dtype) -> nnx.Module:
     """The family's backbone module (HF's ``model.`` subtree) for ``cfg``."""
-    from models.registry import backbone_class   # lazy: family modules import this module
+    from optima_jax.models.registry import backbone_class   # lazy: family modules import this module
     return backbone_class(cfg)(cfg, dtype)
 
 

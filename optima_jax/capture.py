@@ -22,11 +22,10 @@ def capture_layers(model_source: str, source: str, layers: list[str], dest, *, n
   """Capture `layers` (e.g. ["0.self_attn.q_proj", "1.mlp.down_proj"]) -> the written .npz paths."""
   import jax.numpy as jnp
 
-  import models
+  from optima_jax import models
   from optima_jax import data
   from optima_jax.config import default_config
   from optima_jax.engine import run_sequential
-  from optima_jax.prune import family_add_bos
   from optima_jax.pruner import make_pruner
 
   dest = Path(dest)
@@ -37,7 +36,7 @@ def capture_layers(model_source: str, source: str, layers: list[str], dest, *, n
   loaded = models.load_model(model_source)
   model = models.build_model(loaded.config, loaded.params, dtype=jnp.float32)
   ids = data.calibration_windows(source, loaded.tokenizer, nsamples=nsamples, seqlen=seqlen, seed=seed,
-                                 add_bos=family_add_bos(loaded.config, loaded.tokenizer))
+                                 add_bos=loaded.config.adds_bos(loaded.tokenizer))
   cfg = default_config()
   cfg.sparsity, cfg.selector, cfg.weight_update = sparsity, "wanda", "none"
   inner = make_pruner(cfg)

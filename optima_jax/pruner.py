@@ -13,16 +13,7 @@ import jax.numpy as jnp
 from optima_jax.engine import LinearResult, LinearTask
 from optima_jax.selectors import get_selector
 from optima_jax.sparsity import SparsitySpec
-from optima_jax.updates import get_update, reconstruction_error
-
-
-def update_options(cfg, rows_mesh=None) -> dict:
-  s = cfg.solver
-  return dict(method=s.method, damp=float(s.damp), auto_damp=bool(s.auto_damp),
-              auto_damp_grid=tuple(s.auto_damp_grid), eps_abs=float(s.eps_abs), eps_rel=float(s.eps_rel),
-              iteration_limit=int(s.iteration_limit), rtol=float(s.rtol),
-              memory_budget_bytes=int(float(s.memory_budget_gb) * (1 << 30)), mesh=rows_mesh,
-              adam_steps=int(cfg.adam.steps), adam_lrs=tuple(cfg.adam.lrs))
+from optima_jax.updates import UpdateSettings, get_update, reconstruction_error
 
 
 def selector_options(cfg, task: LinearTask) -> dict:
@@ -39,7 +30,7 @@ def make_pruner(cfg, rows_mesh=None):
   spec = SparsitySpec.parse(cfg.sparsity)
   selector = get_selector(cfg.selector)
   update = get_update(cfg.weight_update)
-  opts = update_options(cfg, rows_mesh)
+  settings = UpdateSettings.from_config(cfg, rows_mesh)
   min_conv = float(cfg.solver.min_converged_fraction)
   judged_update = cfg.weight_update in ("optima", "adam")
 
@@ -52,7 +43,7 @@ def make_pruner(cfg, rows_mesh=None):
     W_sel = jnp.where(keep, sel.weight, 0.0)
     W_sel.block_until_ready()
     t1 = time.perf_counter()
-    upd = update(W, sel, task.stats, H_val, where=task.full_name, **opts)
+    upd = update(W, sel, task.stats, H_val, settings, where=task.full_name)
     W_upd = jnp.where(keep, upd.weight, 0.0)
     W_upd.block_until_ready()
     t2 = time.perf_counter()

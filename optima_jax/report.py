@@ -15,10 +15,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 from pathlib import Path
 
 from optima_jax.checkpoint import atomic_write, atomic_write_text
+from optima_jax.errors import OptimaError, require_extra
+
+log = logging.getLogger("optima_jax")
 
 COLUMNS = ["layer", "block", "linear", "out_features", "in_features", "sparsity", "selector", "update",
            "err_selector", "err_update", "ratio", "val_err_selector", "val_err_update", "val_ratio",
@@ -26,11 +30,12 @@ COLUMNS = ["layer", "block", "linear", "out_features", "in_features", "sparsity"
            "seconds_select", "seconds_update"]
 
 
-def write_reports(out: Path, rows: list[dict], timings: dict | None = None):
-  """Write report.json, report.csv and report.png into `out`."""
+def write_reports(out: Path, rows: list[dict], timings: dict | None = None, perplexity: dict | None = None):
+  """Write report.json (with `perplexity`: {"dense" | "pruned" | ...: ppl, "source": eval text}, if measured),
+  report.csv and report.png into `out`."""
   out = Path(out)
-  atomic_write_text(out / "report.json", json.dumps({"linears": rows, "timings": timings or {}}, indent=1,
-                                                    default=str))
+  atomic_write_text(out / "report.json", json.dumps({"linears": rows, "timings": timings or {},
+                                                     "perplexity": perplexity or {}}, indent=1, default=str))
   buf = io.StringIO()
   w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
   w.writeheader()
@@ -38,12 +43,15 @@ def write_reports(out: Path, rows: list[dict], timings: dict | None = None):
     w.writerow(r)
   atomic_write_text(out / "report.csv", buf.getvalue())
   if rows:
-    plot_ratios(rows, out / "report.png")
+    try:
+      plot_ratios(rows, out / "report.png")
+    except OptimaError as e:   # matplotlib is an extra: the CSV is the report, the plot is a view of it
+      log.warning("report.png not written: %s", e)
 
 
 def plot_ratios(rows: list[dict], path: Path, title: str | None = None):
   """Bar plot of the per-linear ratio (update error / selector error), log scale, 1.0 marked."""
-  import matplotlib
+  matplotlib = require_extra("matplotlib", "plots", "the per-linear ratio plot")
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 

@@ -84,7 +84,7 @@ def rand_ids():
 
 def assert_logits_match_float32(model, torch_model, ids, atol=1e-4):
     """Our float32 logits equal transformers' on the same ids (max abs diff <= atol)."""
-    import models
+    from optima_jax import models
     ours = np.asarray(models.forward(model, ids))
     ref = torch_logits(torch_model, ids)
     assert ours.dtype == np.float32 and ours.shape == ref.shape
@@ -93,7 +93,7 @@ def assert_logits_match_float32(model, torch_model, ids, atol=1e-4):
 
 def assert_bf16_close_to_float32(model, torch_model, ids):
     """bf16 logits within 5% of the float32 reference's scale, and really computed in bf16 (not identical)."""
-    import models
+    from optima_jax import models
     ours = np.asarray(models.forward(model, ids))
     ref = torch_logits(torch_model, ids)
     scale = np.abs(ref).max()

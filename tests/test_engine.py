@@ -27,7 +27,7 @@ def _identity_pruner(record):
 
 
 def _load(tmp_path, family):
-  import models
+  from optima_jax import models
   d = tiny.make_checkpoint(tmp_path / family, family)
   loaded = models.load_model(str(d), dtype="float32")
   return loaded, models.build_model(loaded.config, loaded.params, dtype=jnp.float32)
@@ -39,7 +39,7 @@ def _ids(n, T, vocab, seed=0):
 
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
 def test_hessians_match_float64_and_identity_reproduces_forward(tmp_path, family):
-  from models import api
+  from optima_jax.models import api
   from optima_jax.engine import run_sequential
 
   loaded, model = _load(tmp_path, family)
@@ -84,7 +84,7 @@ def test_hessians_equal_on_8_devices(tmp_path):
   script = f"""
 import sys, numpy as np, jax, jax.numpy as jnp
 sys.path.insert(0, {str(REPO / 'tests')!r})
-import models, test_engine
+from optima_jax import models; import test_engine
 from optima_jax.engine import run_sequential
 from optima_jax.sharding import make_meshes, shard_block_state
 loaded = models.load_model({str(d)!r})
@@ -140,7 +140,7 @@ def test_auto_damp_adds_no_forward_passes(tmp_path):
   ids, val_ids = _ids(6, 16, tiny.VOCAB), _ids(3, 16, tiny.VOCAB, seed=1)
   counts, damps = {}, {}
   for auto in (False, True):
-    import models
+    from optima_jax import models
     model = models.build_model(loaded.config, loaded.params, dtype=jnp.float32)
     cfg = default_config()
     cfg.selector, cfg.weight_update, cfg.solver.auto_damp = "wanda", "optima", auto

@@ -97,7 +97,7 @@ def _load_cfg_only(model_type):
 def test_cli_perplexity_and_pruned_checkpoint(tiny_llama, text_file, tmp_path):
     """The CLI on an HF dir and on a pruned checkpoint dir (restore_pruned) of the same weights agree, and both
     equal the library call."""
-    import models
+    from optima_jax import models
     from optima_jax.checkpoint import save_pruned
     from optima_jax.data import eval_tokens
 
@@ -156,7 +156,7 @@ def test_real_model_perplexity_matches_transformers(source):
     and the same windows within 0.5%, and is in a sane range."""
     from transformers import AutoModelForCausalLM
 
-    from models.loading.assets import AssetError, resolve_pypi_model
+    from optima_jax.models.loading.assets import AssetError, resolve_pypi_model
     from optima_jax.data import eval_tokens
 
     try:

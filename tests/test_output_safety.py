@@ -216,13 +216,12 @@ def test_report_png_failure_keeps_previous_figure(tmp_path):
 def _dense_ppl(model_dir, max_windows: int) -> float:
   """The dense model's perplexity with the eval settings of `_eval_args`, computed here independently."""
   import jax.numpy as jnp
-  import models
+  from optima_jax import models
   from optima_jax import data, evaluate
-  from optima_jax.prune import family_add_bos
   loaded = models.load_model(str(model_dir))
   model = models.build_model(loaded.config, loaded.params, dtype=jnp.float32)
   tok = loaded.tokenizer
-  bos = tok.bos_token_id if family_add_bos(loaded.config, tok) else None
+  bos = tok.bos_token_id if loaded.config.adds_bos(tok) else None
   return evaluate.perplexity(model, data.eval_tokens(str(tiny.shared_text("wiki_test.txt")), tok), seqlen=32,
                              batch_size=4, max_windows=max_windows, bos_id=bos)
 

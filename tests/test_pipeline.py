@@ -46,7 +46,7 @@ def _load_flat(model_dir):
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
 def test_prune_end_to_end(ckpts, tmp_path, family):
   import jax.numpy as jnp
-  import models
+  from optima_jax import models
   import torch
   import transformers
   from optima_jax import checkpoint

@@ -73,7 +73,7 @@ def layer():
 @pytest.mark.parametrize("method", ["exact", "direct"])
 def test_exact_matches_float64_optimum(layer, method):
     H, W, mask = layer
-    res = solve_rows(H, W, mask, method=method)
+    res = solve_rows(H, W, mask, method=method, damp=0.0)
     check_close_to_optimum(H, W, mask, res, 1e-3)
     assert np.all(np.asarray(res.converged))
     # reported objective is ½ΔᵀHΔ of the returned weights
@@ -110,29 +110,29 @@ def test_exact_warm_start_and_jacobi(layer):
     """PCG from W_init: the optimum needs no iterations, a perturbed optimum fewer than a cold start."""
     H, W, mask = layer
     ref_w, _ = reference(H, W, mask)
-    cold = solve_rows(H, W, mask, method="exact")
-    at_opt = solve_rows(H, W, mask, method="exact", W_init=ref_w.astype(np.float32))
+    cold = solve_rows(H, W, mask, method="exact", damp=0.0)
+    at_opt = solve_rows(H, W, mask, method="exact", W_init=ref_w.astype(np.float32), damp=0.0)
     check_close_to_optimum(H, W, mask, at_opt, 1e-5)
     assert np.asarray(at_opt.iterations).max() <= 2
     rng = np.random.default_rng(7)
     near = (ref_w + 1e-3 * np.abs(ref_w).max() * rng.normal(size=ref_w.shape)).astype(np.float32)
-    warm = solve_rows(H, W, mask, method="exact", W_init=near)
+    warm = solve_rows(H, W, mask, method="exact", W_init=near, damp=0.0)
     check_close_to_optimum(H, W, mask, warm, 1e-3)
     assert np.asarray(warm.iterations).sum() < np.asarray(cold.iterations).sum()
-    jac = solve_rows(H, W, mask, method="exact", preconditioner="jacobi")
+    jac = solve_rows(H, W, mask, method="exact", preconditioner="jacobi", damp=0.0)
     check_close_to_optimum(H, W, mask, jac, 1e-3)
 
 
 def test_rapdhg_tight_tolerance_approaches_optimum(layer):
     H, W, mask = layer
-    res = solve_rows(H, W, mask, method="rapdhg_sum", eps_abs=1e-6, eps_rel=1e-6)
+    res = solve_rows(H, W, mask, method="rapdhg_sum", eps_abs=1e-6, eps_rel=1e-6, damp=0.0)
     check_close_to_optimum(H, W, mask, res, 1e-3)
     assert np.all(np.asarray(res.converged))
 
 
 def test_rapdhg_loose_tolerance_rows_stop_on_their_own(layer):
     H, W, mask = layer
-    res = solve_rows(H, W, mask, method="rapdhg_sum")  # paper defaults: 1e-2
+    res = solve_rows(H, W, mask, method="rapdhg_sum", damp=0.0)  # paper defaults: 1e-2
     its = np.asarray(res.iterations)
     assert np.all(np.asarray(res.converged))
     assert np.all(np.asarray(res.weight)[~mask] == 0.0)
@@ -167,22 +167,22 @@ def test_rapdhg_rows_leave_and_join_the_batch_without_changing_their_iterates():
     ref = np.where(mask, W + np.asarray(x), 0.0)
     assert len(set(np.asarray(its).tolist())) >= 3           # rows finish at different iterations
     for kw in (dict(), dict(memory_budget_bytes=4 * 48 * n * 5, rapdhg_segment=64), dict(rapdhg_segment=7)):
-        r = solve_rows(H, W, mask, method="rapdhg_sum", eps_abs=1e-4, eps_rel=1e-4, **kw)
+        r = solve_rows(H, W, mask, method="rapdhg_sum", eps_abs=1e-4, eps_rel=1e-4, damp=0.0, **kw)
         np.testing.assert_allclose(np.asarray(r.weight), ref, rtol=1e-6, atol=1e-7, err_msg=str(kw))
         np.testing.assert_array_equal(np.asarray(r.iterations), np.asarray(its), err_msg=str(kw))
         np.testing.assert_array_equal(np.asarray(r.converged), np.asarray(status) == int(TerminationStatus.OPTIMAL), err_msg=str(kw))
     with pytest.raises(OptimaError, match="rapdhg_segment must be"):
-        solve_rows(H, W, mask, method="rapdhg_sum", rapdhg_segment=0)
+        solve_rows(H, W, mask, method="rapdhg_sum", rapdhg_segment=0, damp=0.0)
 
 
 def test_batching_by_memory_budget_and_warm_start(layer):
     H, W, mask = layer
-    full = solve_rows(H, W, mask, method="exact")
-    small = solve_rows(H, W, mask, method="exact", memory_budget_bytes=200_000)  # many small batches + padding
+    full = solve_rows(H, W, mask, method="exact", damp=0.0)
+    small = solve_rows(H, W, mask, method="exact", memory_budget_bytes=200_000, damp=0.0)  # many small batches + padding
     np.testing.assert_allclose(np.asarray(small.weight), np.asarray(full.weight), rtol=1e-5, atol=1e-7)
     ref_w, _ = reference(H, W, mask)
-    warm = solve_rows(H, W, mask, method="rapdhg_sum", eps_abs=1e-6, eps_rel=1e-6, W_init=ref_w.astype(np.float32))
-    cold = solve_rows(H, W, mask, method="rapdhg_sum", eps_abs=1e-6, eps_rel=1e-6)
+    warm = solve_rows(H, W, mask, method="rapdhg_sum", eps_abs=1e-6, eps_rel=1e-6, W_init=ref_w.astype(np.float32), damp=0.0)
+    cold = solve_rows(H, W, mask, method="rapdhg_sum", eps_abs=1e-6, eps_rel=1e-6, damp=0.0)
     assert np.asarray(warm.iterations).sum() < np.asarray(cold.iterations).sum()
 
 
@@ -191,19 +191,19 @@ def test_bad_inputs_raise_clear_errors(layer):
     Hbad = H.copy()
     Hbad[3, 4] = np.nan
     with pytest.raises(OptimaError, match="H has 1 non-finite.*layers.0.q"):
-        solve_rows(Hbad, W, mask, where="layers.0.q")
+        solve_rows(Hbad, W, mask, where="layers.0.q", damp=0.0)
     Wbad = W.copy()
     Wbad[0, 0] = np.inf
     with pytest.raises(OptimaError, match="W has 1 non-finite"):
-        solve_rows(H, Wbad, mask)
+        solve_rows(H, Wbad, mask, damp=0.0)
     with pytest.raises(OptimaError, match="keep_mask shape"):
-        solve_rows(H, W, mask[:, :-1])
+        solve_rows(H, W, mask[:, :-1], damp=0.0)
     with pytest.raises(OptimaError, match="boolean"):
-        solve_rows(H, W, mask.astype(np.float32))
+        solve_rows(H, W, mask.astype(np.float32), damp=0.0)
     with pytest.raises(OptimaError, match="unknown solve method"):
-        solve_rows(H, W, mask, method="cg")
+        solve_rows(H, W, mask, method="cg", damp=0.0)
     with pytest.raises(OptimaError, match="unknown preconditioner"):
-        solve_rows(H, W, mask, preconditioner="ilu")
+        solve_rows(H, W, mask, preconditioner="ilu", damp=0.0)
 
 
 @pytest.mark.parametrize("method", ["exact", "direct"])
@@ -213,7 +213,7 @@ def test_singular_hessian(method):
     H = X.T @ X                                       # (same shapes as `layer`: no recompilation)
     W = rng.normal(size=(40, 96)).astype(np.float32)
     mask = rng.random((40, 96)) > 0.5
-    res = solve_rows(H, W, mask, method=method)
+    res = solve_rows(H, W, mask, method=method, damp=0.0)
     assert np.all(np.isfinite(np.asarray(res.weight)))
     assert np.all(np.asarray(res.weight)[~mask] == 0.0)
     # the objective can reach ~0 (H has a 36-dim null space): it must not exceed the mask-only objective
@@ -296,7 +296,7 @@ def test_exact_on_captured_real_layers(layer):
     z = np.load(next(p for p in real_layer_paths() if p.name.endswith(f"__{layer}.npz")))
     rows = np.arange(0, z["W"].shape[0], max(1, z["W"].shape[0] // 32))
     H, W, mask = z["H"], z["W"][rows], z["keep_mask"][rows].astype(bool)
-    res = solve_rows(H, W, mask, method="exact")
+    res = solve_rows(H, W, mask, method="exact", damp=0.0)
     check_close_to_optimum(H, W, mask, res, 1e-3)
     assert np.all(np.asarray(res.converged))
 
@@ -312,8 +312,8 @@ def test_mesh_of_8_devices_equals_one_device(tmp_path):
         H, W, mask = make_layer(n=48, out=21, T=200, seed=4)
         mesh = Mesh(np.array(jax.devices()), ("rows",))
         for method, kw in (("exact", {}), ("rapdhg_sum", dict(eps_abs=1e-4, eps_rel=1e-4)), ("rapdhg", dict(n_tokens=200))):
-            a = solve_rows(H, W, mask, method=method, **kw)
-            b = solve_rows(H, W, mask, method=method, mesh=mesh, axis_name="rows", **kw)
+            a = solve_rows(H, W, mask, method=method, damp=0.0, **kw)
+            b = solve_rows(H, W, mask, method=method, mesh=mesh, axis_name="rows", damp=0.0, **kw)
             np.testing.assert_allclose(np.asarray(a.weight), np.asarray(b.weight), rtol=1e-5, atol=1e-6)
             np.testing.assert_array_equal(np.asarray(a.converged), np.asarray(b.converged))
         print("OK")

@@ -6,7 +6,7 @@ soft-capping; Gemma 3 adds q/k RMSNorm and separate rope bases for sliding (loca
 """
 from __future__ import annotations
 
-from models.config import (FULL, SLIDING, ModelConfig, ModelConfigError, check_activation, check_positive, get,
+from optima_jax.models.config import (FULL, SLIDING, ModelConfig, ModelConfigError, check_activation, check_positive, get,
                            parse_rope)
 
 _NULL = object()
@@ -33,7 +33,7 @@ def _common(d: dict, model_type: str, where: str, layer_types, full, sliding, at
         layer_types=layer_types, rope_full=full, rope_sliding=sliding,
         sliding_window=None if d.get("sliding_window", 4096) is None else int(d.get("sliding_window", 4096)),
         tie_word_embeddings=bool(d.get("tie_word_embeddings", True)), qkv_bias=attn_bias, o_bias=attn_bias,
-        norm_plus_one=True, sandwich_norm=True, qk_norm=qk_norm, embed_scale=True,
+        norm_plus_one=True, sandwich_norm=True, qk_norm=qk_norm, embed_scale=True, bos="always",
         attn_scale=float(d.get("query_pre_attn_scalar", 256)) ** -0.5,
         attn_logit_softcap=attn_cap, final_logit_softcap=final_cap, hf_config=dict(d))
     return check_positive(cfg, where)

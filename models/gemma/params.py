@@ -3,9 +3,9 @@ under ``language_model.model.`` (older) or ``model.language_model.`` (transforme
 text model's ``model.`` names, and the vision tower / projector are ignored."""
 from __future__ import annotations
 
-from models.config import ModelConfig
-from models.hf_names import canonical_name as _canonical
-from models.hf_names import expected_shapes  # noqa: F401
+from optima_jax.models.config import ModelConfig
+from optima_jax.models.hf_names import canonical_name as _canonical
+from optima_jax.models.hf_names import expected_shapes  # noqa: F401
 
 _PREFIXES = (("language_model.model.", "model."), ("model.language_model.", "model."),
              ("language_model.lm_head.", "lm_head."))

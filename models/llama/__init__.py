@@ -1,2 +1,2 @@
 """LLaMA 2/3.x family (also SmolLM2 and other ``model_type: llama`` checkpoints)."""
-from models.llama.modeling import config_from_hf  # noqa: F401
+from optima_jax.models.llama.modeling import config_from_hf  # noqa: F401

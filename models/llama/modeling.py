@@ -1,7 +1,7 @@
 """LLaMA family config: GQA, llama3/linear rope scaling, tied or untied embeddings, optional head_dim."""
 from __future__ import annotations
 
-from models.config import FULL, ModelConfig, check_activation, check_positive, get, parse_rope
+from optima_jax.models.config import FULL, ModelConfig, check_activation, check_positive, get, parse_rope
 
 
 def config_from_hf(d: dict, where: str = "config.json") -> ModelConfig:

@@ -8,9 +8,9 @@ import shutil
 import numpy as np
 from safetensors.numpy import save_file
 
-from models.build import validate_params
-from models.config import ModelConfig
-from models.gemma.modeling import text_hf_config
+from optima_jax.models.build import validate_params
+from optima_jax.models.config import ModelConfig
+from optima_jax.models.gemma.modeling import text_hf_config
 
 
 def _dtype_name(arr: np.ndarray) -> str:

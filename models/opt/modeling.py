@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models.config import FULL, ModelConfig, ModelConfigError, RopeSpec, check_activation, check_positive, get
-from models.transformer import Embedding, Linear, _act, attend
+from optima_jax.models.config import FULL, ModelConfig, ModelConfigError, RopeSpec, check_activation, check_positive, get
+from optima_jax.models.transformer import Embedding, Linear, _act, attend
 
 POSITION_OFFSET = 2   # OPT's learned position table starts at index 2 (fairseq padding convention)
 

@@ -5,7 +5,7 @@ Old hub checkpoints saved from ``OPTModel`` name tensors ``decoder.*``; :func:`c
 """
 from __future__ import annotations
 
-from models.config import ModelConfig
+from optima_jax.models.config import ModelConfig
 
 LINEAR_NAMES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "fc1", "fc2")
 # group -> linears that read the same input array (one Hessian per group)

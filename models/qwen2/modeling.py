@@ -1,7 +1,7 @@
 """Qwen 2/2.5 config: q/k/v biases (no o_proj bias); sliding window only when ``use_sliding_window``."""
 from __future__ import annotations
 
-from models.config import FULL, SLIDING, ModelConfig, check_activation, check_positive, get, parse_rope
+from optima_jax.models.config import FULL, SLIDING, ModelConfig, check_activation, check_positive, get, parse_rope
 
 
 def config_from_hf(d: dict, where: str = "config.json") -> ModelConfig:

@@ -383,16 +383,16 @@ def solve_rows(
     W,
     keep_mask,
     *,
-    method: str = "exact",
-    damp: float = 0.0,
-    eps_abs: float = 1e-2,
-    eps_rel: float = 1e-2,
-    iteration_limit: int = 100_000,
+    damp: float,
+    method: str | None = None,
+    eps_abs: float | None = None,
+    eps_rel: float | None = None,
+    iteration_limit: int | None = None,
     W_init=None,
-    memory_budget_bytes: int = 512 * 2**20,
+    memory_budget_bytes: int | None = None,
     mesh=None,
     axis_name: str = "rows",
-    rtol: float = 1e-4,
+    rtol: float | None = None,
     where: str = "",
     preconditioner: str = "inverse",
     precond_rho: float = 1e-3,
@@ -403,6 +403,9 @@ def solve_rows(
     """OPTIMA's per-row weight update for one linear layer (see module docstring).
 
     H: (in, in) Σ xᵀx; W: (out, in) dense weights; keep_mask: bool (out, in), True = kept.
+    Settings left as None take their run default from ``optima_jax.config.default_config().solver`` (method,
+    eps_abs, eps_rel, iteration_limit, rtol, memory_budget_gb): one home for each default. ``damp`` has none
+    here: the QP's ridge is the caller's decision (0 = the paper's QP; the run default is solver.damp).
     method: "exact" (batched masked PCG, the default), "direct" (per-row Cholesky of the kept sub-system,
         O(k³) per row), "rapdhg" (the paper's QP and raPDHG, eps_abs/eps_rel/iteration_limit; needs
         n_tokens) or "rapdhg_sum" (raPDHG on Σxᵀx with fixed pruned entries).
@@ -424,6 +427,15 @@ def solve_rows(
         waiting rows take their slots (a row's iterates do not depend on it; it trades host round trips
         against idle slots).
     """
+    from optima_jax.config import default_config
+    run = default_config().solver
+    method = run.method if method is None else method
+    eps_abs = run.eps_abs if eps_abs is None else eps_abs
+    eps_rel = run.eps_rel if eps_rel is None else eps_rel
+    iteration_limit = run.iteration_limit if iteration_limit is None else iteration_limit
+    rtol = run.rtol if rtol is None else rtol
+    if memory_budget_bytes is None:
+        memory_budget_bytes = int(float(run.memory_budget_gb) * (1 << 30))
     _validate(H, W, keep_mask, where)
     if int(rapdhg_segment) < 1:
         raise OptimaError(f"rapdhg_segment must be ≥ 1, got {rapdhg_segment}" + (f" ({where})" if where else ""))
@@ -531,7 +543,7 @@ def validation_error(W_new, W_dense, H_val) -> float:
     return float(np.sum((d @ np.asarray(H_val, np.float64)) * d))
 
 
-def auto_damp_solve(H, W, keep_mask, H_val, grid: Sequence[float] = (0.0, 0.01, 0.1, 1.0), *,
+def auto_damp_solve(H, W, keep_mask, H_val, grid: Sequence[float] | None = None, *,
                     row_fraction: float = 0.0625, min_rows: int = 32, seed: int = 0, grid_rtol: float = 1e-3,
                     early_stop: bool = True, **solver_kw) -> AutoDampResult:
     """Pick the damp with the lowest validation error trace(ΔW H_val ΔWᵀ), then solve all rows with it.
@@ -546,6 +558,9 @@ def auto_damp_solve(H, W, keep_mask, H_val, grid: Sequence[float] = (0.0, 0.01, 
     caller's rtol, reusing the grid's preconditioner for that damp (exact method), its subset rows
     warm-started from the grid. solver_kw: passed to `solve_rows` (method, rtol, memory_budget_bytes, ...).
     """
+    from optima_jax.config import default_config
+    run = default_config().solver
+    grid = run.auto_damp_grid if grid is None else grid     # None: the run default, solver.auto_damp_grid
     where = solver_kw.get("where", "")
     Hv = np.asarray(H_val, np.float64)      # converted once: every validation_error below reuses it
     if Hv.shape != np.shape(H):
@@ -564,9 +579,9 @@ def auto_damp_solve(H, W, keep_mask, H_val, grid: Sequence[float] = (0.0, 0.01, 
     rows = np.sort(np.random.default_rng(seed).choice(R, m, replace=False)) if m < R else np.arange(R)
     kw = dict(solver_kw)
     init = kw.pop("W_init", None)
-    final_rtol = kw.pop("rtol", 1e-4)
+    final_rtol = kw.pop("rtol", None) or run.rtol
     grid = tuple(float(g) for g in grid)
-    own_setup = kw.get("method", "exact") == "exact" and kw.get("preconditioner", "inverse") == "inverse"
+    own_setup = (kw.get("method") or run.method) == "exact" and kw.get("preconditioner", "inverse") == "inverse"
     prev = None if init is None else np.asarray(init, np.float32)[rows]
     errs = [None] * len(grid)
     best = None                      # (error, grid index, result on the subset, preconditioner)

@@ -74,6 +74,25 @@ def load_masks(path: str, names=None, shapes: Mapping[str, tuple] | None = None)
     return res
 
 
+def check_mask_file(path: str) -> None:
+    """Read a mask file's header (names, dtypes, ranks) without its data: a SelectorError now, not at block 0."""
+    from safetensors import SafetensorError, safe_open
+
+    if not os.path.isfile(path):
+        raise SelectorError(f"mask file not found: {path}")
+    try:
+        with safe_open(path, "np") as f:
+            for k in f.keys():
+                sl = f.get_slice(k)
+                dtype, shape = sl.get_dtype(), sl.get_shape()
+                if dtype not in ("BOOL", "U8"):
+                    raise SelectorError(f"{path}: mask {k!r} has dtype {dtype}; expected bool or uint8")
+                if len(shape) != 2:
+                    raise SelectorError(f"{path}: mask {k!r} must be 2-D (out, in), got shape {tuple(shape)}")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise SelectorError(f"{path}: cannot read as safetensors mask file ({e})") from None
+
+
 @register_selector("external")
 def external(W, stats, spec, *, mask=None, path: str | None = None, name: str | None = None,
              where: str | None = None) -> SelectionResult:

@@ -21,7 +21,6 @@ import optax
 
 from optima_jax.errors import OptimaError
 
-DEFAULT_LRS = (1e-2, 1e-3, 1e-4, 1e-5)
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -63,14 +62,20 @@ def _run(W_dense, keep, H, init, lrs, steps):
     return Vs, errs, recon_error(W_dense, init, H)
 
 
-def adam_update(W_dense, keep_mask, H, *, lrs=DEFAULT_LRS, steps: int = 1000, init=None, damp: float = 0.0,
+def adam_update(W_dense, keep_mask, H, *, lrs=None, steps: int | None = None, init=None, damp: float = 0.0,
                 where: str = "layer"):
-    """W_dense (out, in) float32, keep_mask bool (out, in), H (in, in) = Σ xᵀx.
+    """W_dense (out, in) float32, keep_mask bool (out, in), H (in, in) = Σ xᵀx. ``lrs`` / ``steps`` left as
+    None are the run defaults (``default_config().adam``); ``damp`` 0 is the undamped objective.
 
     Returns (weight (out, in) float32 with pruned entries exactly 0, info) where info has
     ``errors`` {lr: final error}, ``init_error``, ``best_lr``, ``error``, ``diverged`` {lr: bool},
     ``unstable`` (any diverged) and ``fallback``. Errors are tr(ΔW H ΔWᵀ) with the undamped H.
     """
+    if lrs is None or steps is None:
+        from optima_jax.config import default_config
+        run = default_config().adam
+        lrs = tuple(run.lrs) if lrs is None else lrs
+        steps = int(run.steps) if steps is None else steps
     W_dense = jnp.asarray(W_dense, jnp.float32 if jnp.asarray(W_dense).dtype != jnp.float64 else jnp.float64)
     keep = jnp.asarray(keep_mask).astype(bool)
     H = jnp.asarray(H, W_dense.dtype)
