@@ -401,21 +401,28 @@ def save_pruned(out: Path, params: dict[str, np.ndarray], masks: dict[str, np.nd
   ck, staging = out / "checkpoint", out / "checkpoint.partial"
   main = sharding.is_main_process()
   ensure_free_space(out, _nbytes([params, masks]), "the final checkpoint")
+  from optima_jax.progress import steps
+  names = ["params"] + (["masks"] if masks else []) + ["metadata"] + (["extra files"] if write_extra else [])
   try:
-    if main:
-      shutil.rmtree(staging, ignore_errors=True)
-      staging.mkdir(parents=True)
-    sharding.sync("optima_jax:save_pruned:mkdir")
-    with _LibraryStderr():
-      with ocp.StandardCheckpointer() as c:
-        c.save(staging / "params", nest({k: _savable(v) for k, v in params.items()}))
-      if masks:
+    with steps(f"saving the checkpoint ({_nbytes([params, masks]) / 2**30:.2f} GiB)", names, enabled=main) as bar:
+      if main:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+      sharding.sync("optima_jax:save_pruned:mkdir")
+      with _LibraryStderr():
         with ocp.StandardCheckpointer() as c:
-          c.save(staging / "masks", nest({k: _savable(v) for k, v in masks.items()}))
-    if main:
-      atomic_write_text(staging / "metadata.json", json.dumps(metadata, indent=1, default=str))
-      if write_extra is not None:
-        write_extra(staging)
+          c.save(staging / "params", nest({k: _savable(v) for k, v in params.items()}))
+        bar.done("params")
+        if masks:
+          with ocp.StandardCheckpointer() as c:
+            c.save(staging / "masks", nest({k: _savable(v) for k, v in masks.items()}))
+          bar.done("masks")
+      if main:
+        atomic_write_text(staging / "metadata.json", json.dumps(metadata, indent=1, default=str))
+        bar.done("metadata")
+        if write_extra is not None:
+          write_extra(staging)
+          bar.done("extra files")
   except Exception as e:
     if main:
       shutil.rmtree(staging, ignore_errors=True)

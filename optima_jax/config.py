@@ -98,13 +98,13 @@ def default_config() -> ml_collections.ConfigDict:
 def format_settings_help(cfg: ml_collections.ConfigDict | None = None, source: str = "default_config()") -> str:
   """Every setting as `--config.key=value  meaning`, with cfg's values (the defaults when cfg is None)."""
   cfg = default_config() if cfg is None else cfg
-  flat = _flatten(cfg)
-  width = max(len(f"{k}={v!r}") for k, v in flat.items()) + 13
+  flat = {k: repr(v).replace(", ", ",") for k, v in _flatten(cfg).items()}   # as typed on a command line
+  width = max(len(f"{k}={v}") for k, v in flat.items()) + 13
   lines = ["usage: optima-prune --config FILE_OR_NAME [--config.key=value ...]", "",
            "Prune an LLM one decoder block at a time (mask selector + OPTIMA weight update).",
            f"Config names: {', '.join(available_configs())}.", "", f"Settings (values from {source}):"]
   for k, v in flat.items():
-    lines.append(f"  {f'--config.{k}={v!r}':<{width}} {SETTING_HELP.get(k, '(set by the config file)')}")
+    lines.append(f"  {f'--config.{k}={v}':<{width}} {SETTING_HELP.get(k, '(set by the config file)')}")
   return "\n".join(lines)
 
 

@@ -171,14 +171,17 @@ def make_windows(tokens, seqlen: int, bos_id: int | None = None, max_windows: in
     return w
 
 
-def window_nlls(scorer: Scorer, windows: np.ndarray, batch_size: int = 1) -> np.ndarray:
+def window_nlls(scorer: Scorer, windows: np.ndarray, batch_size: int = 1, desc: str = "perplexity") -> np.ndarray:
     """float64 [n]: mean NLL (nats) of tokens 1..T-1 of each window. The last batch is padded with copies of
-    the first window (one compiled shape) and the padding dropped."""
+    the first window (one compiled shape) and the padding dropped. A progress bar counts the windows."""
+    from optima_jax.progress import bar
+
     windows = np.asarray(windows, np.int32)
     n = windows.shape[0]
     bs = max(1, min(int(batch_size), n))
     out = np.empty(n, np.float64)
-    for s in range(0, n, bs):
+    for s in bar(range(0, n, bs), desc=f"{desc} ({n} windows of {windows.shape[1]})", total=-(-n // bs),
+                 unit="batch"):
         batch = windows[s: s + bs]
         m = batch.shape[0]
         if m < bs:

@@ -325,3 +325,13 @@ def test_real_gguf_matches_transformers(source):
 
 def text_fallback():
     return "Tokenizers must agree on punctuation, numbers like 1,234.5 and  double  spaces.\n\nNew paragraph."
+
+
+def test_truncated_gguf_is_called_truncated(tmp_path):
+    path, _ = _tiny_llama(tmp_path)
+    data = path.read_bytes()
+    for cut in (len(data) // 2, 4096):
+        short = tmp_path / f"cut{cut}.gguf"
+        short.write_bytes(data[:cut])
+        with pytest.raises(GGUFError, match=rf"truncated GGUF file .*cut{cut}.gguf: it ends at {cut} bytes"):
+            load_gguf(short, tokenizer=False)

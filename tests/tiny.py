@@ -34,10 +34,16 @@ def _tokenizer_json() -> str:
   return tok.to_str()
 
 
-def save_tokenizer(path: Path):
+def save_tokenizer(path: Path, adds_bos: bool = False):
+  """The tiny BPE tokenizer; `adds_bos`: its default encoding starts with <bos>, as LLaMA-3's does (else it adds
+  nothing, as SmolLM2's and Qwen's)."""
   from transformers import PreTrainedTokenizerFast
-  from tokenizers import Tokenizer
-  fast = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_tokenizer_json()), bos_token="<bos>",
+  from tokenizers import Tokenizer, processors
+  tok = Tokenizer.from_str(_tokenizer_json())
+  if adds_bos:
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B",
+                                                       special_tokens=[("<bos>", 1)])
+  fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>",
                                  eos_token="<eos>", unk_token="<unk>", pad_token="<pad>")
   fast.save_pretrained(str(path))
 
@@ -62,7 +68,8 @@ def hf_config(family: str, **over):
   raise ValueError(family)
 
 
-def make_checkpoint(path: Path, family: str = "llama", seed: int = 0, **over) -> Path:
+def make_checkpoint(path: Path, family: str = "llama", seed: int = 0, tokenizer_adds_bos: bool = False,
+                    **over) -> Path:
   """Write a tiny random `family` checkpoint (config.json, model.safetensors, tokenizer) to `path`."""
   import torch
   import transformers as tf
@@ -74,5 +81,5 @@ def make_checkpoint(path: Path, family: str = "llama", seed: int = 0, **over) ->
         p.normal_(0.0, 0.2)
   path = Path(path)
   model.save_pretrained(str(path), safe_serialization=True)
-  save_tokenizer(path)
+  save_tokenizer(path, adds_bos=tokenizer_adds_bos)
   return path

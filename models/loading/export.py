@@ -11,6 +11,7 @@ from safetensors.numpy import save_file
 from optima_jax.models.build import validate_params
 from optima_jax.models.config import ModelConfig
 from optima_jax.models.gemma.modeling import text_hf_config
+from optima_jax.progress import bar
 
 
 def _dtype_name(arr: np.ndarray) -> str:
@@ -70,15 +71,17 @@ def _write_hf(directory: str, config: ModelConfig, params: dict, tokenizer, max_
         shards[-1][k] = v
         size += v.nbytes
     meta = {"format": "pt"}
-    if len(shards) == 1:
-        save_file(shards[0], os.path.join(directory, "model.safetensors"), metadata=meta)
-    else:
-        weight_map = {}
-        n = len(shards)
-        for j, shard in enumerate(shards, 1):
-            fn = f"model-{j:05d}-of-{n:05d}.safetensors"
+    n = len(shards)
+    names = ["model.safetensors"] if n == 1 else [f"model-{j:05d}-of-{n:05d}.safetensors" for j in range(1, n + 1)]
+    written = bar(desc=f"HF export to {os.path.basename(directory.rstrip('/'))}", unit="B", unit_scale=True,
+                  total=sum(v.nbytes for v in arrays.values()))
+    weight_map = {}
+    with written:
+        for fn, shard in zip(names, shards):
             save_file(shard, os.path.join(directory, fn), metadata=meta)
             weight_map.update({k: fn for k in shard})
+            written.update(sum(v.nbytes for v in shard.values()))
+    if n > 1:
         total = sum(v.nbytes for v in arrays.values())
         with open(os.path.join(directory, "model.safetensors.index.json"), "w") as f:
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from optima_jax.errors import OptimaError
+from optima_jax.progress import bar, steps
 
 __all__ = ["GGUFError", "load_gguf", "gguf_config", "read_gguf_metadata", "SUPPORTED_GGUF_ARCHITECTURES"]
 
@@ -318,7 +319,7 @@ def load_gguf(path: str | os.PathLike, tokenizer: bool = True, cache_dir: str | 
     is_gemma = model_type.startswith("gemma")
 
     params: dict[str, np.ndarray] = {}
-    for t in reader.tensors:
+    for t in bar(reader.tensors, desc=f"de-quantizing {path.name}", unit="tensor"):
         name = hf_name(t.name, model_type)
         if name is None:
             if t.name in _NON_PARAM_TENSORS:
@@ -424,10 +425,13 @@ def _load_tokenizer(path: Path, reader, cache_dir):
         except Exception:
             pass
     _log.info("building the tokenizer from %s's vocabulary (once; cached in %s)", path.name, cached)
-    tok = build_gguf_tokenizer(reader, where=str(path))
-    try:
-        cached.mkdir(parents=True, exist_ok=True)
-        tok.save_pretrained(str(cached))
-    except OSError:
-        pass
+    with steps(f"building the tokenizer of {path.name}", ["convert", "cache"]) as s:
+        tok = build_gguf_tokenizer(reader, where=str(path))
+        s.done("convert")
+        try:
+            cached.mkdir(parents=True, exist_ok=True)
+            tok.save_pretrained(str(cached))
+        except OSError:
+            pass
+        s.done("cache")
     return tok
