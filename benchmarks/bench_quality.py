@@ -200,7 +200,7 @@ def main():
       if row != "dense":
         cfg = cell_config(row, sparsity, scope, args.set)
         selector, update = cfg.selector, cfg.weight_update
-        names = set(select_linears(api.linear_names(loaded.config), cfg.prune_scope))
+        names = set(select_linears(api.linear_names(loaded.config), cfg.prune_scope, api.mlp_linears(loaded.config)))
         rows, times = [], {"hessians_s": 0.0, "prune_s": 0.0, "forward_s": 0.0}
 
         def on_done(d):

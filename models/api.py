@@ -24,6 +24,14 @@ def input_groups(config: ModelConfig | None) -> dict[str, list[str]]:
     return {k: list(v) for k, v in block_layout(config).INPUT_GROUPS.items()}
 
 
+def mlp_linears(config: ModelConfig | None) -> dict[str, str]:
+    """The family's MLP linears -> the side their intermediate dimension is on: "out" (rows: gate/up, OPT's fc1)
+    or "in" (columns: down, OPT's fc2). From the family's INPUT_GROUPS (``mlp_in`` / ``mlp_out``), the one home
+    of this knowledge: ``prune_scope=mlp`` and ``mesh.shard_params`` both ask here."""
+    groups = block_layout(config).INPUT_GROUPS
+    return {**{n: "out" for n in groups["mlp_in"]}, **{n: "in" for n in groups["mlp_out"]}}
+
+
 def layer_prefix(config: ModelConfig, i: int) -> str:
     """HF name prefix of block ``i``'s tensors: ``model.layers.{i}.`` (OPT: ``model.decoder.layers.{i}.``)."""
     return block_layout(config).layer_prefix(i)

@@ -220,7 +220,7 @@ def parse_args(argv: list[str], flag_name: str = "config") -> tuple[ml_collectio
 def validate(cfg) -> None:
   """Check every setting whose error would otherwise surface after minutes of work."""
   from optima_jax.selectors import SELECTORS
-  from optima_jax.sparsity import SparsitySpec
+  from optima_jax.sparsity import SCOPES, SparsitySpec
   from optima_jax.updates import UPDATES
 
   if not cfg.model:
@@ -230,8 +230,8 @@ def validate(cfg) -> None:
   if looks_local and not Path(src).expanduser().exists():
     raise OptimaError(f"model path does not exist: {src}")
   SparsitySpec.parse(cfg.sparsity)
-  if cfg.prune_scope not in ("all", "mlp"):
-    raise OptimaError(f"prune_scope must be 'all' or 'mlp', got {cfg.prune_scope!r}")
+  if cfg.prune_scope not in SCOPES:
+    raise OptimaError(f"prune_scope must be one of {SCOPES}, got {cfg.prune_scope!r}")
   if cfg.selector not in SELECTORS:
     raise OptimaError(f"unknown selector {cfg.selector!r}; available: {', '.join(sorted(SELECTORS))}")
   if cfg.selector == "external":

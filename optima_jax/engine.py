@@ -218,7 +218,7 @@ class BlockRunner:
     graphdef, state = nnx.split(self.model.layers[self.index])
     if _data_sharding(mesh) is not None:
       # Always placed explicitly: pruned weights come back committed to the solver's rows mesh.
-      state = sharding.shard_block_state(state, mesh, self.shard_params)
+      state = sharding.shard_block_state(state, mesh, api.mlp_linears(self.config), self.shard_params)
     return graphdef, state
 
   def hessians(self, hidden: Hidden, mesh, counter: ForwardCounter | None):

@@ -164,7 +164,7 @@ def _run(cfg, restores: list) -> dict:
   timings["load_s"] = time.perf_counter() - t
   add_bos = config.adds_bos(tokenizer) if cfg.calibration.add_bos < 0 else bool(cfg.calibration.add_bos)
   check_finite_params(loaded.params, cfg.model)
-  scope = set(select_linears(api.linear_names(config), cfg.prune_scope))
+  scope = set(select_linears(api.linear_names(config), cfg.prune_scope, api.mlp_linears(config)))
   spec = SparsitySpec.parse(cfg.sparsity)
   for name in sorted(scope):
     spec.validate_for(int(api.get_linear(model, 0, name).shape[1]), where=api.weight_name(config, 0, name).replace(".0.", ".*.", 1))

@@ -152,32 +152,28 @@ def broadcast_from_main(value):
 
 # --------------------------------------------------------------------------- block params over the mesh
 
-_MLP_OUT_SPLIT = ("gate_proj", "up_proj")   # (intermediate, D): split rows
-_MLP_IN_SPLIT = ("down_proj",)              # (D, intermediate): split columns
-
-
-def param_spec(path: tuple, shape: tuple, n: int) -> P:
+def param_spec(path: tuple, shape: tuple, n: int, mlp: dict[str, str]) -> P:
   """PartitionSpec of one block tensor under `mesh.shard_params`: the MLP's intermediate dimension over
-  "data" (gate/up weights and biases along out_features, down_proj along in_features) when it divides by
-  the axis size `n`; everything else replicated."""
-  keys = [str(getattr(k, "key", k)) for k in path]
-  if "mlp" not in keys or not shape:
-    return P()
-  if any(k in _MLP_OUT_SPLIT for k in keys) and shape[0] % n == 0:
+  "data" when it divides by the axis size `n`, everything else replicated. `mlp`: the family's MLP linears and
+  the side of their intermediate dimension (`models.api.mlp_linears`): "out" splits weights and biases along
+  out_features, "in" splits weights along in_features."""
+  keys = ".".join(str(getattr(k, "key", k)) for k in path)
+  side = next((s for name, s in mlp.items() if keys.startswith(name + ".")), None)
+  if side == "out" and shape and shape[0] % n == 0:
     return P("data", *([None] * (len(shape) - 1)))
-  if any(k in _MLP_IN_SPLIT for k in keys) and len(shape) == 2 and shape[1] % n == 0:
+  if side == "in" and len(shape) == 2 and shape[1] % n == 0:
     return P(None, "data")
   return P()
 
 
-def shard_block_state(state, mesh: Mesh, shard_params: bool = True):
+def shard_block_state(state, mesh: Mesh, mlp: dict[str, str], shard_params: bool = True):
   """Place a block's nnx.State over the data mesh: per `param_spec` (jit then runs the MLP tensor-parallel)
-  with `shard_params`, else replicated on every device of the mesh."""
+  with `shard_params`, else replicated on every device of the mesh. `mlp`: `models.api.mlp_linears(config)`."""
   n = data_size(mesh) if shard_params else 0
   multi = is_multiprocess()
 
   def put(path, x):
-    sh = NamedSharding(mesh, param_spec(path, x.shape, n) if n else P())
+    sh = NamedSharding(mesh, param_spec(path, x.shape, n, mlp) if n else P())
     return jax.device_put(np.asarray(x) if multi else x, sh)
 
   return jax.tree_util.tree_map_with_path(put, state)

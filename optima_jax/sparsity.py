@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Iterable, Sequence
+from typing import Collection, Iterable, Sequence
 
 from optima_jax.errors import OptimaError
 
@@ -24,10 +24,7 @@ class SparsitySpecError(OptimaError):
     """A malformed or impossible sparsity specification."""
 
 
-MLP_PREFIX = "mlp."
-MLP_LINEARS = ("fc1", "fc2")   # feed-forward linears outside an ``mlp.`` module (OPT)
-ATTN_PREFIX = "self_attn."
-SCOPES = ("all", "mlp")
+SCOPES = ("all", "mlp")   # prune_scope values: every block linear, or the family's MLP linears only
 
 _NM_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
@@ -129,11 +126,9 @@ class SparsitySpec:
         return f"{self.n}:{self.m}" if self.kind == "nm" else f"{self.ratio:g}"
 
 
-def select_linears(names: Iterable[str], scope: str = "all") -> list[str]:
-    """Filter block-linear names (HF suffixes like ``mlp.up_proj`` or full HF names) by scope.
-
-    scope "all": every linear given; "mlp": only the MLP linears (``mlp.*``, OPT's ``fc1``/``fc2``; attention
-    projections are skipped).
+def select_linears(names: Iterable[str], scope: str, mlp: Collection[str]) -> list[str]:
+    """The block linears `names` (suffixes like ``mlp.up_proj``) that `scope` prunes: "all" = every one, "mlp" =
+    those in `mlp`, the model family's MLP linears (``models.api.mlp_linears(config)``; attention is skipped).
     Embeddings and lm_head are not block linears and must not be passed here.
     """
     names = list(names)
@@ -141,16 +136,7 @@ def select_linears(names: Iterable[str], scope: str = "all") -> list[str]:
         raise SparsitySpecError(f"unknown linear scope {scope!r}; expected one of {SCOPES}")
     if scope == "all":
         return names
-
-    def is_mlp(n: str) -> bool:
-        if n.startswith(MLP_PREFIX) or f".{MLP_PREFIX}" in n:
-            return True
-        parts = n.split(".")
-        if parts[-1] in ("weight", "bias"):
-            parts = parts[:-1]
-        return parts[-1] in MLP_LINEARS
-
-    return [n for n in names if is_mlp(n)]
+    return [n for n in names if n in set(mlp)]
 
 
 def parse_specs(values: Sequence) -> list[SparsitySpec]:

@@ -103,7 +103,8 @@ for tag, n, shard in (("1", 1, False), ("8", 8, False), ("8s", 8, True)):
   out[f"{{tag}}/hidden"] = last["h"]
   out[f"{{tag}}/rows"] = np.array(last["rows"])
 # the MLP weights really are split: gate/up along out_features, down along in_features
-st = shard_block_state(__import__("flax").nnx.state(model.layers[0]), make_meshes(data=8)[0])
+from optima_jax.models import api
+st = shard_block_state(__import__("flax").nnx.state(model.layers[0]), make_meshes(data=8)[0], api.mlp_linears(loaded.config))
 print(tuple(st["mlp"]["gate_proj"]["weight"][...].sharding.spec), tuple(st["mlp"]["down_proj"]["weight"][...].sharding.spec))
 np.savez(sys.argv[1], **out)
 print(jax.device_count())

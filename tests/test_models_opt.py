@@ -156,9 +156,8 @@ def test_block_api_names_groups_and_set_linear(opt_dirs, rand_ids):
     groups = api.input_groups(cfg)
     assert groups == {"attn_in": names[:3], "attn_out": ["self_attn.out_proj"], "mlp_in": ["fc1"],
                       "mlp_out": ["fc2"]}
-    assert select_linears(names, "mlp") == ["fc1", "fc2"]
-    assert select_linears([api.weight_name(cfg, 2, n) for n in names], "mlp") == [
-        "model.decoder.layers.2.fc1.weight", "model.decoder.layers.2.fc2.weight"]
+    assert api.mlp_linears(cfg) == {"fc1": "out", "fc2": "in"}
+    assert select_linears(names, "mlp", api.mlp_linears(cfg)) == ["fc1", "fc2"]
     on_disk = load_file(os.path.join(opt_dirs("pre")[1], "model.safetensors"))
     for i in range(cfg.num_layers):
         bp = api.block_params(loaded.params, cfg, i)
@@ -334,3 +333,50 @@ def test_prune_cli_masks_and_report_use_opt_hf_names(opt_run):
     pruned = checkpoint.flatten(checkpoint.restore_params(out))
     for name in linears:
         assert not np.any(np.asarray(pruned[name])[~masks[name]]), name
+
+
+def test_shard_params_splits_opt_mlp_on_8_devices(opt_dirs, tmp_path):
+    """mesh.shard_params on OPT: fc1 (weight and bias) split along out_features and fc2 along in_features over
+    8 CPU devices, attention replicated; the sequential engine then gives the same Hessians in every block (so
+    the same hidden states between blocks) as unsharded, to float32 rounding."""
+    import subprocess
+    import sys
+    import textwrap
+
+    _, d = opt_dirs("pre")
+    script = textwrap.dedent(f"""
+        import sys, numpy as np, jax, jax.numpy as jnp
+        from flax import nnx
+        sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+        import test_engine
+        from optima_jax import models
+        from optima_jax.models import api
+        from optima_jax.engine import run_sequential
+        from optima_jax.sharding import make_meshes, shard_block_state
+        assert jax.device_count() == 8
+        loaded = models.load_model({d!r})
+        mesh = make_meshes(data=8)[0]
+        st = shard_block_state(nnx.state(models.build_model(loaded.config, loaded.params).layers[0]), mesh,
+                               api.mlp_linears(loaded.config))
+        spec = lambda *k: tuple(__import__("functools").reduce(lambda a, b: a[b], k, st)[...].sharding.spec)
+        print(spec("fc1", "weight"), spec("fc1", "bias"), spec("fc2", "weight"), spec("self_attn", "q_proj", "weight"))
+        ids = test_engine._ids(16, 12, 256)
+        out = {{}}
+        for tag, shard in (("rep", False), ("shard", True)):
+            model = models.build_model(loaded.config, loaded.params, dtype=jnp.float32)
+            rec = {{}}
+            run_sequential(model, loaded.config, ids, test_engine._identity_pruner(rec), micro_batch=8, mesh=mesh,
+                           shard_params=shard, on_block_done=lambda b: None, progress=False)
+            out.update({{f"{{tag}}/{{b}}:{{nm}}": v for (b, nm), v in rec.items()}})
+        np.savez(sys.argv[1], **out)
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    path = tmp_path / "H.npz"
+    r = subprocess.run([sys.executable, "-c", script, str(path)], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1] == "('data', None) ('data',) (None, 'data') ()"
+    got = dict(np.load(path))
+    keys = [k.split("/", 1)[1] for k in got if k.startswith("rep/")]
+    assert len(keys) == 2 * 6
+    for k in keys:
+        np.testing.assert_allclose(got[f"shard/{k}"], got[f"rep/{k}"], rtol=2e-5, atol=1e-4, err_msg=k)

@@ -50,9 +50,9 @@ def test_expected_pruned_per_row():
 def test_select_linears():
     names = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
              "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
-    assert select_linears(names, "all") == names
-    assert select_linears(names, "mlp") == ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
-    full = ["model.layers.2.self_attn.q_proj.weight", "model.layers.2.mlp.down_proj.weight"]
-    assert select_linears(full, "mlp") == ["model.layers.2.mlp.down_proj.weight"]
+    mlp = {"mlp.gate_proj": "out", "mlp.up_proj": "out", "mlp.down_proj": "in"}
+    assert select_linears(names, "all", mlp) == names
+    assert select_linears(names, "mlp", mlp) == ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+    assert select_linears(["attn.c", "ffn.a", "ffn.b"], "mlp", ["ffn.a", "ffn.b"]) == ["ffn.a", "ffn.b"]
     with pytest.raises(OptimaError, match="scope"):
-        select_linears(names, "attn")
+        select_linears(names, "attn", mlp)
