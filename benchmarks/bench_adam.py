@@ -25,51 +25,64 @@ err = output_error
 
 
 def main():
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--calib", default="/tmp/optima_layers")
-  ap.add_argument("--val", default="/tmp/optima_layers_wiki")
-  ap.add_argument("--steps", default="100,500,2000")
-  ap.add_argument("--lrs", default="1e-2,1e-3,1e-4,1e-5")
-  ap.add_argument("--rows", type=int, default=64, help="output rows per layer (random, seeded); 0 = all")
-  ap.add_argument("--damps", default="0,0.1", help="OPTIMA (exact solver) damps to compare with")
-  ap.add_argument("--out", default="")
-  args = ap.parse_args()
-  import jax.numpy as jnp
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calib", default="/tmp/optima_layers")
+    ap.add_argument("--val", default="/tmp/optima_layers_wiki")
+    ap.add_argument("--steps", default="100,500,2000")
+    ap.add_argument("--lrs", default="1e-2,1e-3,1e-4,1e-5")
+    ap.add_argument("--rows", type=int, default=64, help="output rows per layer (random, seeded); 0 = all")
+    ap.add_argument("--damps", default="0,0.1", help="OPTIMA (exact solver) damps to compare with")
+    ap.add_argument("--out", default="")
+    args = ap.parse_args()
+    import jax.numpy as jnp
 
-  from optima_jax.qp import solve_rows
-  from optima_jax.updates.adam import _run
+    from optima_jax.qp import solve_rows
+    from optima_jax.updates.adam import _run
 
-  steps = [int(s) for s in args.steps.split(",")]
-  lrs = tuple(float(x) for x in args.lrs.split(","))
-  damps = [float(d) for d in args.damps.split(",")]
-  head = (["layer"] + [f"OPTIMA damp {d:g}" for d in damps] +
-          [f"ADAM {s} steps lr {lr:g}" for s in steps for lr in lrs])
-  lines = ["Cells: error ratio update / mask-only, in domain (H) / out of domain (H_val); "
-           "**x** marks an ADAM run that diverged (final error above the start or non-finite).", "",
-           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  for name, W, H, mask, Hv in layer_pairs(args.calib, args.val):
-    if args.rows and args.rows < W.shape[0]:
-      idx = np.sort(np.random.default_rng(0).choice(W.shape[0], args.rows, replace=False))
-      W, mask = W[idx], mask[idx]
-    W0 = np.where(mask, W, 0.0).astype(np.float32)
-    base, base_v = err(W0, W, H), err(W0, W, Hv)
-    cells = []
-    for d in damps:
-      Wn = np.asarray(solve_rows(H, W, mask, damp=d, W_init=W0).weight)
-      cells.append(f"{err(Wn, W, H) / base:.3f} / {err(Wn, W, Hv) / base_v:.3f}")
-    for s in steps:
-      # every lr of the grid in one vmapped run, exactly as the update does (adam_update keeps the best)
-      Vs, _, _ = _run(jnp.asarray(W), jnp.asarray(mask), jnp.asarray(H, jnp.float32), jnp.asarray(W0),
-                      jnp.asarray(lrs, jnp.float32), s)
-      for V in np.asarray(Vs):
-        e = err(V, W, H)
-        diverged = not np.isfinite(e) or e > base        # adam_update's rule: ended above the start
-        cells.append((f"{e / base:.3f} / {err(V, W, Hv) / base_v:.3f}" if np.isfinite(e) else "nan") +
-                     (" **x**" if diverged else ""))
-    lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    print(lines[-1], flush=True)
-  emit_table(lines, args.out)
+    steps = [int(s) for s in args.steps.split(",")]
+    lrs = tuple(float(x) for x in args.lrs.split(","))
+    damps = [float(d) for d in args.damps.split(",")]
+    head = (
+        ["layer"] + [f"OPTIMA damp {d:g}" for d in damps] + [f"ADAM {s} steps lr {lr:g}" for s in steps for lr in lrs]
+    )
+    lines = [
+        "Cells: error ratio update / mask-only, in domain (H) / out of domain (H_val); "
+        "**x** marks an ADAM run that diverged (final error above the start or non-finite).",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for name, W, H, mask, Hv in layer_pairs(args.calib, args.val):
+        if args.rows and args.rows < W.shape[0]:
+            idx = np.sort(np.random.default_rng(0).choice(W.shape[0], args.rows, replace=False))
+            W, mask = W[idx], mask[idx]
+        W0 = np.where(mask, W, 0.0).astype(np.float32)
+        base, base_v = err(W0, W, H), err(W0, W, Hv)
+        cells = []
+        for d in damps:
+            Wn = np.asarray(solve_rows(H, W, mask, damp=d, W_init=W0).weight)
+            cells.append(f"{err(Wn, W, H) / base:.3f} / {err(Wn, W, Hv) / base_v:.3f}")
+        for s in steps:
+            # every lr of the grid in one vmapped run, exactly as the update does (adam_update keeps the best)
+            Vs, _, _ = _run(
+                jnp.asarray(W),
+                jnp.asarray(mask),
+                jnp.asarray(H, jnp.float32),
+                jnp.asarray(W0),
+                jnp.asarray(lrs, jnp.float32),
+                s,
+            )
+            for V in np.asarray(Vs):
+                e = err(V, W, H)
+                diverged = not np.isfinite(e) or e > base  # adam_update's rule: ended above the start
+                cells.append(
+                    (f"{e / base:.3f} / {err(V, W, Hv) / base_v:.3f}" if np.isfinite(e) else "nan")
+                    + (" **x**" if diverged else "")
+                )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        print(lines[-1], flush=True)
+    emit_table(lines, args.out)
 
 
 if __name__ == "__main__":
-  main()
+    main()

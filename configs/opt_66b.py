@@ -8,12 +8,12 @@ from optima_jax.config import default_config
 
 
 def get_config():
-  c = default_config()
-  c.model = "facebook/opt-66b"
-  c.calibration.source = "c4"
-  c.calibration.nsamples = 128
-  c.calibration.seqlen = 2048
-  c.eval.source = "wikitext2"
-  c.eval.seqlen = 2048
-  c.output_dir = "runs/opt_66b"
-  return c
+    c = default_config()
+    c.model = "facebook/opt-66b"
+    c.calibration.source = "c4"
+    c.calibration.nsamples = 128
+    c.calibration.seqlen = 2048
+    c.eval.source = "wikitext2"
+    c.eval.seqlen = 2048
+    c.output_dir = "runs/opt_66b"
+    return c

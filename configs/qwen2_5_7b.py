@@ -7,15 +7,15 @@ from optima_jax.config import default_config
 
 
 def get_config():
-  c = default_config()
-  c.model = "Qwen/Qwen2.5-7B"
-  c.calibration.source = "c4"
-  c.calibration.nsamples = 128
-  c.calibration.seqlen = 2048
-  c.eval.source = "wikitext2"
-  c.eval.seqlen = 2048
-  c.output_dir = "runs/qwen2_5_7b"
-  c.dtype = "bfloat16"           # activations in bf16; Hessians and solves stay float32
-  c.hidden_states_on = "host"
-  c.calibration.micro_batch = 4
-  return c
+    c = default_config()
+    c.model = "Qwen/Qwen2.5-7B"
+    c.calibration.source = "c4"
+    c.calibration.nsamples = 128
+    c.calibration.seqlen = 2048
+    c.eval.source = "wikitext2"
+    c.eval.seqlen = 2048
+    c.output_dir = "runs/qwen2_5_7b"
+    c.dtype = "bfloat16"  # activations in bf16; Hessians and solves stay float32
+    c.hidden_states_on = "host"
+    c.calibration.micro_batch = 4
+    return c

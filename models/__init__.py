@@ -1,4 +1,5 @@
 """Flax NNX ports of LLaMA, Qwen2 and Gemma 2/3 (text), with HF / GGUF loading and HF export."""
+
 from optima_jax.models import api  # noqa: F401
 from optima_jax.models.build import build_model, to_params_dict, validate_params  # noqa: F401
 from optima_jax.models.config import ModelConfig, RopeSpec  # noqa: F401

@@ -1,4 +1,5 @@
 """The block API used by the pruning engine (see docs/architecture.md)."""
+
 from __future__ import annotations
 
 import functools
@@ -66,8 +67,9 @@ def _linear(model: CausalLM, i: int, name: str):
     _check_layer(model.config, i)
     names = block_layout(model.config).LINEAR_NAMES
     if name not in names:
-        raise ParamsError(f"{layer_prefix(model.config, i).rstrip('.')}: unknown linear {name!r} "
-                          f"(known: {', '.join(names)})")
+        raise ParamsError(
+            f"{layer_prefix(model.config, i).rstrip('.')}: unknown linear {name!r} (known: {', '.join(names)})"
+        )
     mod = model.layers[i]
     for part in name.split("."):
         mod = getattr(mod, part)
@@ -84,8 +86,9 @@ def set_linear(model: CausalLM, i: int, name: str, W) -> None:
     lin = _linear(model, i, name)
     expected = block_layout(model.config).linear_shapes(model.config)[name]
     if tuple(W.shape) != expected:
-        raise ParamsError(f"{weight_name(model.config, i, name)}: new weight has shape {tuple(W.shape)}, "
-                          f"expected {expected}")
+        raise ParamsError(
+            f"{weight_name(model.config, i, name)}: new weight has shape {tuple(W.shape)}, expected {expected}"
+        )
     lin.weight[...] = jnp.asarray(W, dtype=lin.weight[...].dtype)
 
 

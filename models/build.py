@@ -1,4 +1,5 @@
 """Build an NNX model from (ModelConfig, params dict) and back."""
+
 from __future__ import annotations
 
 import jax.numpy as jnp

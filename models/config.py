@@ -3,6 +3,7 @@
 Family modules (``models/<family>/modeling.py``) turn an HF dict into a :class:`ModelConfig`; the core decoder
 (``models/transformer.py``) only reads these fields, so families differ by config, not by code.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,7 +56,8 @@ class RopeSpec:
             wavelen = np.float32(2 * math.pi) / inv
             scaled = np.where(wavelen > low_wl, inv / np.float32(self.factor), inv).astype(np.float32)
             smooth = (np.float32(old_len) / wavelen - np.float32(self.low_freq_factor)) / np.float32(
-                self.high_freq_factor - self.low_freq_factor)
+                self.high_freq_factor - self.low_freq_factor
+            )
             smoothed = (1 - smooth) * scaled / np.float32(self.factor) + smooth * scaled
             medium = ~(wavelen < high_wl) & ~(wavelen > low_wl)
             return np.where(medium, smoothed, scaled).astype(np.float32)
@@ -73,7 +75,7 @@ class ModelConfig:
     ``hf_config`` is the original HF dict (for export); it is excluded from equality and hashing.
     """
 
-    model_type: str                     # HF model_type of the text model ("llama", "qwen2", "gemma2", "gemma3_text", "opt")
+    model_type: str  # HF model_type of the text model ("llama", "qwen2", "gemma2", "gemma3_text", "opt")
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -83,29 +85,29 @@ class ModelConfig:
     head_dim: int
     rms_norm_eps: float
     hidden_act: str
-    layer_types: tuple[str, ...]        # per layer: "full_attention" | "sliding_attention"
+    layer_types: tuple[str, ...]  # per layer: "full_attention" | "sliding_attention"
     rope_full: RopeSpec
     rope_sliding: RopeSpec
-    sliding_window: int | None = None   # a query attends to keys with q - window < k <= q
+    sliding_window: int | None = None  # a query attends to keys with q - window < k <= q
     tie_word_embeddings: bool = False
     qkv_bias: bool = False
     o_bias: bool = False
     mlp_bias: bool = False
-    norm_plus_one: bool = False         # Gemma: y = norm(x) * (1 + w), multiplied in float32
-    sandwich_norm: bool = False         # Gemma 2/3: post-attention / pre- and post-feedforward norms
-    qk_norm: bool = False               # Gemma 3: RMSNorm over head_dim on q and k
-    embed_scale: bool = False           # Gemma: embeddings times sqrt(hidden_size) (in the activation dtype)
-    attn_scale: float = 1.0             # multiplier of q·k
+    norm_plus_one: bool = False  # Gemma: y = norm(x) * (1 + w), multiplied in float32
+    sandwich_norm: bool = False  # Gemma 2/3: post-attention / pre- and post-feedforward norms
+    qk_norm: bool = False  # Gemma 3: RMSNorm over head_dim on q and k
+    embed_scale: bool = False  # Gemma: embeddings times sqrt(hidden_size) (in the activation dtype)
+    attn_scale: float = 1.0  # multiplier of q·k
     attn_logit_softcap: float | None = None
     final_logit_softcap: float | None = None
     # OPT-style decoders (learned absolute positions, LayerNorm with bias, optional post-norm and projections);
     # the rotary/RMSNorm families leave these at their defaults.
-    learned_positions: int = 0          # rows of a learned position table (max positions + offset); 0: rotary
-    position_offset: int = 0            # OPT: table index = position + 2
-    pre_norm: bool = True               # OPT ``do_layer_norm_before``; False: post-norm blocks
-    final_norm: bool = True             # a final norm before the LM head
-    norm_affine: bool = True            # OPT ``layer_norm_elementwise_affine``
-    embed_dim: int | None = None        # OPT ``word_embed_proj_dim`` when != hidden_size (project_in / project_out)
+    learned_positions: int = 0  # rows of a learned position table (max positions + offset); 0: rotary
+    position_offset: int = 0  # OPT: table index = position + 2
+    pre_norm: bool = True  # OPT ``do_layer_norm_before``; False: post-norm blocks
+    final_norm: bool = True  # a final norm before the LM head
+    norm_affine: bool = True  # OPT ``layer_norm_elementwise_affine``
+    embed_dim: int | None = None  # OPT ``word_embed_proj_dim`` when != hidden_size (project_in / project_out)
     # The family's BOS rule for every window it is fed (calibration, the run's perplexity, optima-eval, lm-eval):
     # "always" (Gemma: trained with <bos> first, its perplexity is meaningless without) | "tokenizer" (as the
     # tokenizer's default encoding does: LLaMA-3 adds <|begin_of_text|>, OPT </s>; SmolLM2 and Qwen add nothing).
@@ -114,8 +116,9 @@ class ModelConfig:
 
     @property
     def family(self) -> str:
-        return {"llama": "llama", "qwen2": "qwen2", "gemma2": "gemma", "gemma3_text": "gemma",
-                "opt": "opt"}[self.model_type]
+        return {"llama": "llama", "qwen2": "qwen2", "gemma2": "gemma", "gemma3_text": "gemma", "opt": "opt"}[
+            self.model_type
+        ]
 
     def adds_bos(self, tokenizer) -> bool:
         """Whether windows fed to this model start with ``tokenizer.bos_token_id`` (the ``bos`` rule above)."""
@@ -154,7 +157,9 @@ def parse_rope_dict(rope: dict | None, theta: float, max_pos: int, where: str) -
     rope = dict(rope or {})
     kind = rope.get("rope_type", rope.get("type", "default")) or "default"
     if kind not in SUPPORTED_ROPE_TYPES:
-        raise ModelConfigError(f"{where}: unsupported rope_type {kind!r} (supported: {', '.join(SUPPORTED_ROPE_TYPES)})")
+        raise ModelConfigError(
+            f"{where}: unsupported rope_type {kind!r} (supported: {', '.join(SUPPORTED_ROPE_TYPES)})"
+        )
     theta = float(rope.get("rope_theta", theta))
     if kind == "default":
         return RopeSpec(theta=theta)
@@ -165,14 +170,19 @@ def parse_rope_dict(rope: dict | None, theta: float, max_pos: int, where: str) -
     for k in ("low_freq_factor", "high_freq_factor"):
         if k not in rope:
             raise ModelConfigError(f"{where}: rope_type 'llama3' needs {k!r}")
-    return RopeSpec(theta=theta, kind="llama3", factor=float(rope["factor"]),
-                    low_freq_factor=float(rope["low_freq_factor"]),
-                    high_freq_factor=float(rope["high_freq_factor"]),
-                    original_max_position_embeddings=int(rope.get("original_max_position_embeddings", max_pos)))
+    return RopeSpec(
+        theta=theta,
+        kind="llama3",
+        factor=float(rope["factor"]),
+        low_freq_factor=float(rope["low_freq_factor"]),
+        high_freq_factor=float(rope["high_freq_factor"]),
+        original_max_position_embeddings=int(rope.get("original_max_position_embeddings", max_pos)),
+    )
 
 
-def parse_rope(d: dict, default_theta: float, where: str, local_theta: float | None = None
-               ) -> tuple[RopeSpec, RopeSpec]:
+def parse_rope(
+    d: dict, default_theta: float, where: str, local_theta: float | None = None
+) -> tuple[RopeSpec, RopeSpec]:
     """(full, sliding) rope specs from an HF dict in the old or new (transformers >= 5) format.
 
     ``local_theta``: the default base of sliding layers when the model has separate bases (Gemma 3); rope scaling
@@ -198,7 +208,9 @@ def parse_rope(d: dict, default_theta: float, where: str, local_theta: float | N
 
 def check_activation(act: str, where: str) -> str:
     if act not in SUPPORTED_ACTIVATIONS:
-        raise ModelConfigError(f"{where}: unsupported activation {act!r} (supported: {', '.join(SUPPORTED_ACTIVATIONS)})")
+        raise ModelConfigError(
+            f"{where}: unsupported activation {act!r} (supported: {', '.join(SUPPORTED_ACTIVATIONS)})"
+        )
     return act
 
 
@@ -208,8 +220,9 @@ def check_positive(cfg: ModelConfig, where: str) -> ModelConfig:
         if not isinstance(v, int) or v <= 0:
             raise ModelConfigError(f"{where}: {f} must be a positive integer, got {v!r}")
     if cfg.num_heads % cfg.num_kv_heads:
-        raise ModelConfigError(f"{where}: num_attention_heads={cfg.num_heads} is not a multiple of "
-                               f"num_key_value_heads={cfg.num_kv_heads}")
+        raise ModelConfigError(
+            f"{where}: num_attention_heads={cfg.num_heads} is not a multiple of num_key_value_heads={cfg.num_kv_heads}"
+        )
     if len(cfg.layer_types) != cfg.num_layers:
         raise ModelConfigError(f"{where}: layer_types has {len(cfg.layer_types)} entries, expected {cfg.num_layers}")
     bad = [t for t in cfg.layer_types if t not in (FULL, SLIDING)]

@@ -1,4 +1,5 @@
 """Errors of the models package (all OptimaError, i.e. ValueError, with one-line messages naming path/tensor)."""
+
 from optima_jax.models.config import ModelConfigError, UnsupportedModelError  # noqa: F401
 from optima_jax.errors import OptimaError
 

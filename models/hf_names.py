@@ -1,10 +1,18 @@
 """HF tensor names and shapes for the core decoder (shared by the families' ``params.py``)."""
+
 from __future__ import annotations
 
 from optima_jax.models.config import ModelConfig
 
-LINEAR_NAMES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+LINEAR_NAMES = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+)
 # group -> linears that read the same input array (one Hessian per group)
 INPUT_GROUPS = {
     "attn_in": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
@@ -38,8 +46,11 @@ def block_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     out: dict[str, tuple[int, ...]] = {}
     for name, shp in linear_shapes(cfg).items():
         out[f"{name}.weight"] = shp
-        has_bias = (cfg.qkv_bias and name in LINEAR_NAMES[:3]) or (cfg.o_bias and name == "self_attn.o_proj") or (
-            cfg.mlp_bias and name.startswith("mlp."))
+        has_bias = (
+            (cfg.qkv_bias and name in LINEAR_NAMES[:3])
+            or (cfg.o_bias and name == "self_attn.o_proj")
+            or (cfg.mlp_bias and name.startswith("mlp."))
+        )
         if has_bias:
             out[f"{name}.bias"] = (shp[0],)
     norms = ["input_layernorm", "post_attention_layernorm"]

@@ -1,4 +1,5 @@
 """Registry of supported HF ``model_type``s: config parser and tensor-name module per type."""
+
 from __future__ import annotations
 
 from types import ModuleType
@@ -23,7 +24,10 @@ _PARSERS: dict[str, Callable[..., ModelConfig]] = {
     "opt": _opt.config_from_hf,
 }
 _PARAMS: dict[str, ModuleType] = {
-    "llama": _llama_params, "qwen2": _qwen2_params, "gemma2": _gemma_params, "gemma3_text": _gemma_params,
+    "llama": _llama_params,
+    "qwen2": _qwen2_params,
+    "gemma2": _gemma_params,
+    "gemma3_text": _gemma_params,
     "opt": _opt_params,
 }
 # Families whose blocks differ from the core decoder: model_type -> (backbone class, block layout module with
@@ -41,8 +45,9 @@ def config_from_hf(hf_config: dict, where: str = "config.json") -> ModelConfig:
         raise UnsupportedModelError(f"{where}: expected a JSON object, got {type(hf_config).__name__}")
     mt = hf_config.get("model_type")
     if mt not in _PARSERS:
-        raise UnsupportedModelError(f"{where}: unsupported model_type {mt!r} "
-                                    f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
+        raise UnsupportedModelError(
+            f"{where}: unsupported model_type {mt!r} (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+        )
     return _PARSERS[mt](hf_config, where=where)
 
 
@@ -54,12 +59,14 @@ def params_module(cfg: ModelConfig) -> ModuleType:
 def backbone_class(cfg: ModelConfig) -> type:
     """The nnx module class of HF's ``model.`` subtree for this config."""
     from optima_jax.models.transformer import Backbone
+
     return _BACKBONES.get(cfg.model_type, Backbone)
 
 
 def block_layout(cfg: ModelConfig | None) -> ModuleType:
     """Block tensor layout (linear names, input groups, name prefix, shapes) for this config (None: the core's)."""
     from optima_jax.models import hf_names
+
     if cfg is None:
         return hf_names
     return _LAYOUTS.get(cfg.model_type, hf_names)

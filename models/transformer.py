@@ -6,6 +6,7 @@ Module attribute paths mirror HF tensor names, so ``nnx.state(model)`` flattens 
 
 Precision follows transformers: matmuls in the compute dtype, RMSNorm statistics and softmax in float32.
 """
+
 from __future__ import annotations
 
 import math
@@ -94,8 +95,14 @@ def attention_mask(t: int, window: int | None) -> jax.Array:
     return m
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, scale: float | None, softcap: float | None = None,
-           window: int | None = None) -> jax.Array:
+def attend(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    scale: float | None,
+    softcap: float | None = None,
+    window: int | None = None,
+) -> jax.Array:
     """Causal softmax attention. q [B, T, H, hd], k/v [B, T, KV, hd] -> [B, T, H * hd].
 
     Scores ``q·k * scale`` in the compute dtype (``scale=None``: q is already scaled), optional soft-capping,
@@ -195,7 +202,7 @@ class DecoderLayer(nnx.Module):
         if capture:
             inputs["self_attn.q_proj"] = inputs["self_attn.k_proj"] = inputs["self_attn.v_proj"] = x
         a = self.self_attn(x, positions, inputs)
-        if self.pre_feedforward_layernorm is not None:          # Gemma sandwich
+        if self.pre_feedforward_layernorm is not None:  # Gemma sandwich
             h = h + self.post_attention_layernorm(a)
             x = self.pre_feedforward_layernorm(h)
         else:
@@ -208,8 +215,15 @@ class DecoderLayer(nnx.Module):
             m = self.post_feedforward_layernorm(m)
         h = h + m
         if capture:
-            order = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                     "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+            order = [
+                "self_attn.q_proj",
+                "self_attn.k_proj",
+                "self_attn.v_proj",
+                "self_attn.o_proj",
+                "mlp.gate_proj",
+                "mlp.up_proj",
+                "mlp.down_proj",
+            ]
             return h, {k: inputs[k] for k in order}
         return h
 
@@ -253,7 +267,8 @@ class Backbone(nnx.Module):
 
 def make_backbone(cfg: ModelConfig, dtype) -> nnx.Module:
     """The family's backbone module (HF's ``model.`` subtree) for ``cfg``."""
-    from optima_jax.models.registry import backbone_class   # lazy: family modules import this module
+    from optima_jax.models.registry import backbone_class  # lazy: family modules import this module
+
     return backbone_class(cfg)(cfg, dtype)
 
 
@@ -264,8 +279,9 @@ class CausalLM(nnx.Module):
         self.config = cfg
         self.dtype = jnp.dtype(dtype)
         self.model = make_backbone(cfg, dtype)
-        self.lm_head = None if cfg.tie_word_embeddings else Linear(self.model.head_features, cfg.vocab_size,
-                                                                   False, dtype)
+        self.lm_head = (
+            None if cfg.tie_word_embeddings else Linear(self.model.head_features, cfg.vocab_size, False, dtype)
+        )
 
     @property
     def layers(self):

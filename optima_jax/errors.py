@@ -12,5 +12,7 @@ def require_extra(module: str, extra: str, what: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise OptimaError(f"{what} needs the optional dependency {module.split('.')[0]!r}, which is not installed: "
-                          f"pip install 'optima_jax[{extra}]'") from None
+        raise OptimaError(
+            f"{what} needs the optional dependency {module.split('.')[0]!r}, which is not installed: "
+            f"pip install 'optima_jax[{extra}]'"
+        ) from None

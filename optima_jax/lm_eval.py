@@ -19,6 +19,7 @@ greedy = every continuation token is the argmax. Rolling loglikelihoods use lm-e
 Sequences are right-padded to a length bucket (causal attention makes the padding harmless) and batched in a
 fixed batch size, so few shapes are compiled.
 """
+
 from __future__ import annotations
 
 import sys
@@ -32,7 +33,7 @@ from optima_jax.errors import OptimaError, require_extra
 try:
     require_extra("lm_eval", "lm-eval", "optima_jax.lm_eval")
 except OptimaError as _e:
-    if __name__ == "__main__":      # python -m optima_jax.lm_eval without the extra: one line, exit 2
+    if __name__ == "__main__":  # python -m optima_jax.lm_eval without the extra: one line, exit 2
         print(f"error: {_e}", file=sys.stderr)
         raise SystemExit(2) from None
     raise
@@ -70,17 +71,29 @@ class OptimaLM(TemplateLM):
         extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
         return cls(**arg_dict, **extra)
 
-    def __init__(self, checkpoint: str | None = None, model: Any = None, tokenizer: Any = None, dtype=None,
-                 batch_size: int | str = 8, max_length: int | None = None, add_bos_token=None,
-                 max_gen_toks: int = 256, **kwargs):
+    def __init__(
+        self,
+        checkpoint: str | None = None,
+        model: Any = None,
+        tokenizer: Any = None,
+        dtype=None,
+        batch_size: int | str = 8,
+        max_length: int | None = None,
+        add_bos_token=None,
+        max_gen_toks: int = 256,
+        **kwargs,
+    ):
         super().__init__()
         from optima_jax.evaluate import Scorer, load_for_eval
 
         if isinstance(model, str) or checkpoint is not None:
             if checkpoint is not None and model is not None:
                 raise OptimaError("optima_jax lm-eval model: give checkpoint=... or model=..., not both")
-            em = load_for_eval(checkpoint if checkpoint is not None else model, dtype=dtype or "float32",
-                               tokenizer=tokenizer if isinstance(tokenizer, str) else None)
+            em = load_for_eval(
+                checkpoint if checkpoint is not None else model,
+                dtype=dtype or "float32",
+                tokenizer=tokenizer if isinstance(tokenizer, str) else None,
+            )
             flax_model, tok = em.model, em.tokenizer
         elif model is not None:
             flax_model, tok = model, tokenizer
@@ -118,8 +131,9 @@ class OptimaLM(TemplateLM):
     def batch_size(self) -> int:
         return self.batch_size_per_gpu
 
-    def tok_encode(self, string: str, add_special_tokens: bool | None = None, left_truncate_len=None,
-                   **kwargs) -> list[int]:
+    def tok_encode(
+        self, string: str, add_special_tokens: bool | None = None, left_truncate_len=None, **kwargs
+    ) -> list[int]:
         """The text's tokens, after BOS when the model family's rule (or add_bos_token) says so and the text does
         not start with it already; an explicit ``add_special_tokens`` (lm-eval's own calls) goes to the tokenizer."""
         if add_special_tokens is not None:
@@ -144,7 +158,7 @@ class OptimaLM(TemplateLM):
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
         bs = self.batch_size
         for s in range(0, len(order), bs):
-            idx = order[s: s + bs]
+            idx = order[s : s + bs]
             width = _bucket(max(len(seqs[i]) for i in idx))
             ids = np.full((bs, width), self._pad_id, np.int32)
             for r, i in enumerate(idx):
@@ -152,8 +166,8 @@ class OptimaLM(TemplateLM):
             logp, greedy = self.scorer(ids)
             for r, i in enumerate(idx):
                 n, c = len(seqs[i]), cont_lens[i]
-                lp = logp[r, n - 1 - c: n - 1].astype(np.float64)
-                out[i] = (float(lp.sum()), bool(greedy[r, n - 1 - c: n - 1].all()))
+                lp = logp[r, n - 1 - c : n - 1].astype(np.float64)
+                out[i] = (float(lp.sum()), bool(greedy[r, n - 1 - c : n - 1].all()))
         return out  # type: ignore[return-value]
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None, **kwargs):
@@ -162,16 +176,19 @@ class OptimaLM(TemplateLM):
             if not continuation_enc:
                 raise OptimaError("optima_jax lm-eval model: empty continuation")
             if len(continuation_enc) > self.max_length:
-                raise OptimaError(f"optima_jax lm-eval model: continuation of {len(continuation_enc)} tokens "
-                                  f"exceeds max_length {self.max_length}")
-            full = (list(context_enc) + list(continuation_enc))[-(self.max_length + 1):]
+                raise OptimaError(
+                    f"optima_jax lm-eval model: continuation of {len(continuation_enc)} tokens "
+                    f"exceeds max_length {self.max_length}"
+                )
+            full = (list(context_enc) + list(continuation_enc))[-(self.max_length + 1) :]
             seqs.append(full)
             conts.append(len(continuation_enc))
         results = []
         chunk = 64 * self.batch_size
-        for s in tqdm(range(0, len(seqs), chunk), disable=disable_tqdm or len(seqs) <= chunk,
-                      desc="optima_jax loglikelihood"):
-            results.extend(self._score_sequences(seqs[s: s + chunk], conts[s: s + chunk]))
+        for s in tqdm(
+            range(0, len(seqs), chunk), disable=disable_tqdm or len(seqs) <= chunk, desc="optima_jax loglikelihood"
+        ):
+            results.extend(self._score_sequences(seqs[s : s + chunk], conts[s : s + chunk]))
         for (key, _, _), r in zip(requests, results):
             if key is not None:
                 self.cache_hook.add_partial("loglikelihood", key, r)
@@ -182,15 +199,23 @@ class OptimaLM(TemplateLM):
 
         all_windows, counts = [], []
         for (string,) in [req.args for req in requests]:
-            wins = list(map(utils.make_disjoint_window, utils.get_rolling_token_windows(
-                token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
-                max_seq_len=self.max_length, context_len=1)))
+            wins = list(
+                map(
+                    utils.make_disjoint_window,
+                    utils.get_rolling_token_windows(
+                        token_list=self.tok_encode(string),
+                        prefix_token=self.prefix_token_id,
+                        max_seq_len=self.max_length,
+                        context_len=1,
+                    ),
+                )
+            )
             all_windows.extend((None,) + w for w in wins)
             counts.append(len(wins))
         scores = self._loglikelihood_tokens(all_windows, disable_tqdm=disable_tqdm)
         out, k = [], 0
         for req, n in zip(requests, counts):
-            total = float(sum(s for s, _ in scores[k: k + n]))
+            total = float(sum(s for s, _ in scores[k : k + n]))
             k += n
             out.append(total)
             self.cache_hook.add_partial("loglikelihood_rolling", (req.args[0],), total)
@@ -214,7 +239,7 @@ class OptimaLM(TemplateLM):
             new: list[int] = []
             text = ""
             for _ in range(max_gen):
-                seq = (ids + new)[-self.max_length:]
+                seq = (ids + new)[-self.max_length :]
                 width = _bucket(len(seq) + 1)
                 arr = np.full((1, width), self._pad_id, np.int32)
                 arr[0, : len(seq)] = seq
@@ -253,13 +278,25 @@ def check_tasks(tasks: Sequence[str], include_path: str | None = None) -> list[s
     return tasks
 
 
-def simple_evaluate(lm: OptimaLM, tasks: Sequence[str], num_fewshot: int | None = None, limit: int | None = None,
-                    include_path: str | None = None, **kwargs) -> dict:
+def simple_evaluate(
+    lm: OptimaLM,
+    tasks: Sequence[str],
+    num_fewshot: int | None = None,
+    limit: int | None = None,
+    include_path: str | None = None,
+    **kwargs,
+) -> dict:
     """``lm_eval.simple_evaluate`` with our LM object (tasks may come from ``include_path``)."""
     import lm_eval
 
-    return lm_eval.simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit,
-                                   task_manager=_task_manager(include_path), **kwargs)
+    return lm_eval.simple_evaluate(
+        model=lm,
+        tasks=list(tasks),
+        num_fewshot=num_fewshot,
+        limit=limit,
+        task_manager=_task_manager(include_path),
+        **kwargs,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -10,6 +10,7 @@ Note the convention difference with the OPTIMA reference code (and Wanda/SparseG
 which read "n:m" as n **pruned** of m. For 2:4 and 4:8 both readings coincide; for 1:4 or 3:4 they
 do not: our "1:4" is their "3:4".
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,7 +25,7 @@ class SparsitySpecError(OptimaError):
     """A malformed or impossible sparsity specification."""
 
 
-SCOPES = ("all", "mlp")   # prune_scope values: every block linear, or the family's MLP linears only
+SCOPES = ("all", "mlp")  # prune_scope values: every block linear, or the family's MLP linears only
 
 _NM_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
@@ -49,8 +50,7 @@ class SparsitySpec:
             if not (isinstance(self.n, int) and isinstance(self.m, int)):
                 raise SparsitySpecError(f"N:M sparsity needs integer N and M, got {self.n!r}:{self.m!r}")
             if self.n < 1 or self.n >= self.m:
-                raise SparsitySpecError(
-                    f"N:M sparsity needs 1 <= N < M (N kept of every M), got {self.n}:{self.m}")
+                raise SparsitySpecError(f"N:M sparsity needs 1 <= N < M (N kept of every M), got {self.n}:{self.m}")
         else:
             raise SparsitySpecError(f"unknown sparsity kind {self.kind!r}; expected 'unstructured' or 'nm'")
 
@@ -73,14 +73,17 @@ class SparsitySpec:
         if isinstance(x, SparsitySpec):
             return x
         if isinstance(x, bool):
-            raise SparsitySpecError(f"cannot parse sparsity {x!r}; expected a ratio like 0.5, '50%' or 'N:M' like '2:4'")
+            raise SparsitySpecError(
+                f"cannot parse sparsity {x!r}; expected a ratio like 0.5, '50%' or 'N:M' like '2:4'"
+            )
         if isinstance(x, (int, float)):
             if not math.isfinite(float(x)):
                 raise SparsitySpecError(f"sparsity ratio must be in (0, 1), got {x!r}")
             return cls.unstructured(float(x))
         if not isinstance(x, str):
             raise SparsitySpecError(
-                f"cannot parse sparsity of type {type(x).__name__}; expected a ratio like 0.5, '50%' or 'N:M' like '2:4'")
+                f"cannot parse sparsity of type {type(x).__name__}; expected a ratio like 0.5, '50%' or 'N:M' like '2:4'"
+            )
         s = x.strip()
         mt = _NM_RE.match(s)
         if mt:
@@ -92,7 +95,8 @@ class SparsitySpec:
                 val = float(s)
         except ValueError:
             raise SparsitySpecError(
-                f"cannot parse sparsity {x!r}; expected a ratio like 0.5, '50%' or 'N:M' like '2:4'") from None
+                f"cannot parse sparsity {x!r}; expected a ratio like 0.5, '50%' or 'N:M' like '2:4'"
+            ) from None
         if not math.isfinite(val):
             raise SparsitySpecError(f"sparsity ratio must be in (0, 1), got {x!r}")
         return cls.unstructured(val)
@@ -113,7 +117,8 @@ class SparsitySpec:
             raise SparsitySpecError(f"{where}: in_features must be positive, got {in_features}")
         if self.kind == "nm" and in_features % self.m != 0:
             raise SparsitySpecError(
-                f"{where}: in_features={in_features} is not divisible by M={self.m} of {self.n}:{self.m} sparsity")
+                f"{where}: in_features={in_features} is not divisible by M={self.m} of {self.n}:{self.m} sparsity"
+            )
 
     def expected_pruned_per_row(self, in_features: int) -> int:
         """Number of weights removed in each output row: floor(in*ratio), or (M-N)*in/M for N:M."""

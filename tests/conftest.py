@@ -1,29 +1,83 @@
 """Shared test fixtures. torch is a test-only dependency."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 # Tiny HF configs per family (transformers >= 5 config kwargs). sliding_window=8 with sequences of 24 tokens.
-TINY_BASE = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+TINY_BASE = dict(
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
 
 TINY_CONFIGS = {
-    "llama_untied_llama3": ("llama", dict(
-        TINY_BASE, tie_word_embeddings=False, rms_norm_eps=1e-5,
-        rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0,
-                             high_freq_factor=4.0, original_max_position_embeddings=16))),
-    "llama_tied_headdim": ("llama", dict(TINY_BASE, tie_word_embeddings=True, head_dim=32,
-                                         rope_parameters=dict(rope_type="linear", rope_theta=10000.0, factor=2.0))),
-    "qwen2": ("qwen2", dict(TINY_BASE, tie_word_embeddings=False, use_sliding_window=True, sliding_window=8,
-                            max_window_layers=2, rope_parameters=dict(rope_type="default", rope_theta=1e6))),
-    "gemma2": ("gemma2", dict(TINY_BASE, head_dim=16, query_pre_attn_scalar=24, sliding_window=8,
-                              attn_logit_softcapping=5.0, final_logit_softcapping=3.0)),
-    "gemma3_text": ("gemma3_text", dict(
-        TINY_BASE, head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
-        layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
-        rope_parameters={"full_attention": dict(rope_type="linear", factor=4.0, rope_theta=1e6),
-                         "sliding_attention": dict(rope_type="default", rope_theta=1e4)})),
+    "llama_untied_llama3": (
+        "llama",
+        dict(
+            TINY_BASE,
+            tie_word_embeddings=False,
+            rms_norm_eps=1e-5,
+            rope_parameters=dict(
+                rope_type="llama3",
+                rope_theta=500000.0,
+                factor=8.0,
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
+                original_max_position_embeddings=16,
+            ),
+        ),
+    ),
+    "llama_tied_headdim": (
+        "llama",
+        dict(
+            TINY_BASE,
+            tie_word_embeddings=True,
+            head_dim=32,
+            rope_parameters=dict(rope_type="linear", rope_theta=10000.0, factor=2.0),
+        ),
+    ),
+    "qwen2": (
+        "qwen2",
+        dict(
+            TINY_BASE,
+            tie_word_embeddings=False,
+            use_sliding_window=True,
+            sliding_window=8,
+            max_window_layers=2,
+            rope_parameters=dict(rope_type="default", rope_theta=1e6),
+        ),
+    ),
+    "gemma2": (
+        "gemma2",
+        dict(
+            TINY_BASE,
+            head_dim=16,
+            query_pre_attn_scalar=24,
+            sliding_window=8,
+            attn_logit_softcapping=5.0,
+            final_logit_softcapping=3.0,
+        ),
+    ),
+    "gemma3_text": (
+        "gemma3_text",
+        dict(
+            TINY_BASE,
+            head_dim=16,
+            query_pre_attn_scalar=16,
+            sliding_window=8,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+            rope_parameters={
+                "full_attention": dict(rope_type="linear", factor=4.0, rope_theta=1e6),
+                "sliding_attention": dict(rope_type="default", rope_theta=1e4),
+            },
+        ),
+    ),
 }
 
 
@@ -48,6 +102,7 @@ def make_torch_model(model_type: str, kwargs: dict, seed: int = 0):
 
 def torch_logits(model, ids: np.ndarray) -> np.ndarray:
     import torch
+
     with torch.no_grad():
         return model(torch.as_tensor(ids, dtype=torch.long)).logits.float().numpy()
 
@@ -71,9 +126,10 @@ def tiny_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-  """A tiny random LLaMA checkpoint (tests/tiny.py) for end-to-end CLI runs."""
-  import tiny
-  return tiny.make_checkpoint(tmp_path_factory.mktemp("ckpt") / "llama", "llama")
+    """A tiny random LLaMA checkpoint (tests/tiny.py) for end-to-end CLI runs."""
+    import tiny
+
+    return tiny.make_checkpoint(tmp_path_factory.mktemp("ckpt") / "llama", "llama")
 
 
 @pytest.fixture
@@ -85,6 +141,7 @@ def rand_ids():
 def assert_logits_match_float32(model, torch_model, ids, atol=1e-4):
     """Our float32 logits equal transformers' on the same ids (max abs diff <= atol)."""
     from optima_jax import models
+
     ours = np.asarray(models.forward(model, ids))
     ref = torch_logits(torch_model, ids)
     assert ours.dtype == np.float32 and ours.shape == ref.shape
@@ -94,6 +151,7 @@ def assert_logits_match_float32(model, torch_model, ids, atol=1e-4):
 def assert_bf16_close_to_float32(model, torch_model, ids):
     """bf16 logits within 5% of the float32 reference's scale, and really computed in bf16 (not identical)."""
     from optima_jax import models
+
     ours = np.asarray(models.forward(model, ids))
     ref = torch_logits(torch_model, ids)
     scale = np.abs(ref).max()

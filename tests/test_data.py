@@ -52,10 +52,14 @@ def tokenizer(wiki_text):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=800, special_tokens=["<bos>", "<eos>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=800,
+        special_tokens=["<bos>", "<eos>"],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     sample = wiki_text[:400_000]
-    tok.train_from_iterator([sample[i:i + 8000] for i in range(0, len(sample), 8000)], trainer)
+    tok.train_from_iterator([sample[i : i + 8000] for i in range(0, len(sample), 8000)], trainer)
     tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 0)])
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>")
     assert hf("a b")["input_ids"][0] == hf.bos_token_id  # the tokenizer does add BOS by default
@@ -80,23 +84,24 @@ def ref_wikitext_windows(tokens: np.ndarray, nsamples: int, seqlen: int, seed: i
     out = []
     for _ in range(nsamples):
         i = random.randint(0, tokens.shape[0] - seqlen - 1)
-        out.append(tokens[i:i + seqlen])
+        out.append(tokens[i : i + seqlen])
     return np.stack(out)
 
 
-def ref_c4_windows(docs: list[str], tokenizer, nsamples: int, seqlen: int, seed: int,
-                   special: bool = False) -> np.ndarray:
+def ref_c4_windows(
+    docs: list[str], tokenizer, nsamples: int, seqlen: int, seed: int, special: bool = False
+) -> np.ndarray:
     """SparseGPT/Wanda get_c4 train loop (special=True: the tokenizer's default special tokens, as there)."""
     random.seed(seed)
     out = []
     for _ in range(nsamples):
         while True:
             i = random.randint(0, len(docs) - 1)
-            enc = (np.asarray(tokenizer(docs[i])["input_ids"]) if special else ref_tokens(tokenizer, docs[i]))
+            enc = np.asarray(tokenizer(docs[i])["input_ids"]) if special else ref_tokens(tokenizer, docs[i])
             if enc.shape[0] > seqlen:
                 break
         i = random.randint(0, enc.shape[0] - seqlen - 1)
-        out.append(enc[i:i + seqlen])
+        out.append(enc[i : i + seqlen])
     return np.stack(out)
 
 
@@ -104,7 +109,7 @@ def occurs_in(window: np.ndarray, tokens: np.ndarray) -> bool:
     """Is `window` a contiguous slice of `tokens`?"""
     w = np.asarray(window, np.int64)
     cand = np.flatnonzero(tokens[: tokens.shape[0] - w.shape[0] + 1] == w[0])
-    return any(np.array_equal(tokens[c:c + w.shape[0]], w) for c in cand)
+    return any(np.array_equal(tokens[c : c + w.shape[0]], w) for c in cand)
 
 
 @pytest.fixture()
@@ -124,8 +129,9 @@ def sotu_file(tmp_path, sotu_text) -> Path:
 def c4_records(wiki_text: str) -> list[dict]:
     """C4-format records ({"text", "timestamp", "url"}) of very different lengths: the wiki paragraphs."""
     paras = [p.strip() for p in wiki_text[:200_000].split("\n\n") if p.strip()]
-    return [{"text": p, "timestamp": "2019-04-25T12:57:54Z", "url": f"https://example.org/{i}"}
-            for i, p in enumerate(paras)]
+    return [
+        {"text": p, "timestamp": "2019-04-25T12:57:54Z", "url": f"https://example.org/{i}"} for i, p in enumerate(paras)
+    ]
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:
@@ -267,7 +273,7 @@ def test_document_rejection_is_strict_and_record_slices(tokenizer, tmp_path, wik
     path = write_jsonl(tmp_path / "all.jsonl", recs)
     n = len(docs)
     for lo, hi, spec in ((0.0, 0.5, "[:0.5]"), (0.5, 1.0, "[0.5:]"), (0.3, 0.7, "[0.3:0.7]")):
-        part = docs[round(lo * n):round(hi * n)]
+        part = docs[round(lo * n) : round(hi * n)]
         got = data.calibration_windows(f"{path}{spec}", tokenizer, nsamples=4, seqlen=64, seed=2)
         np.testing.assert_array_equal(got, ref_c4_windows(part, tokenizer, 4, 64, 2))
 
@@ -282,17 +288,20 @@ def test_parquet_and_jsonl_field(tokenizer, tmp_path, wiki_text):
     write_jsonl(tmp_path / "docs.jsonl", [{"body": d} for d in docs])
     want = ref_c4_windows(docs, tokenizer, 4, 64, 7)
     for name in ("docs.parquet", "docs.jsonl"):
-        got = data.calibration_windows(str(tmp_path / name), tokenizer, nsamples=4, seqlen=64, seed=7,
-                                       text_field="body")
+        got = data.calibration_windows(
+            str(tmp_path / name), tokenizer, nsamples=4, seqlen=64, seed=7, text_field="body"
+        )
         np.testing.assert_array_equal(got, want)
     # a glob of document files concatenates their records in sorted path order
     write_jsonl(tmp_path / "part-0.jsonl", recs[: len(recs) // 2])
-    write_jsonl(tmp_path / "part-1.jsonl", recs[len(recs) // 2:])
+    write_jsonl(tmp_path / "part-1.jsonl", recs[len(recs) // 2 :])
     got = data.calibration_windows(str(tmp_path / "part-*.jsonl"), tokenizer, nsamples=4, seqlen=64, seed=7)
     np.testing.assert_array_equal(got, want)
     # eval over documents: records joined with blank lines
-    np.testing.assert_array_equal(data.eval_tokens(str(tmp_path / "docs.parquet"), tokenizer, text_field="body"),
-                                  ref_tokens(tokenizer, "\n\n".join(docs)))
+    np.testing.assert_array_equal(
+        data.eval_tokens(str(tmp_path / "docs.parquet"), tokenizer, text_field="body"),
+        ref_tokens(tokenizer, "\n\n".join(docs)),
+    )
 
 
 def test_short_documents_fall_back_to_stream(tokenizer, tmp_path, wiki_text, caplog):
@@ -341,8 +350,9 @@ def test_mixture_proportions_provenance_and_interleaving(tokenizer, wiki_file, s
     single = data.calibration_windows(str(sotu_file), tokenizer, nsamples=9, seqlen=32, seed=4)
     np.testing.assert_array_equal(got[np.array(origin) == 0], single)
     # list syntax gives the same windows
-    as_list = data.calibration_windows([(str(sotu_file), 3), (str(wiki_file), 1)], tokenizer,
-                                       nsamples=12, seqlen=32, seed=4)
+    as_list = data.calibration_windows(
+        [(str(sotu_file), 3), (str(wiki_file), 1)], tokenizer, nsamples=12, seqlen=32, seed=4
+    )
     np.testing.assert_array_equal(as_list, got)
     # the validation tail holds both components
     calib, val = data.split_validation(got, 0.5)
@@ -424,6 +434,7 @@ def test_error_messages_name_the_source(tokenizer, tmp_path, wiki_file):
     class NoBos:
         bos_token_id = None
         name_or_path = "nobos-tok"
+
     with pytest.raises(OptimaError, match="tokenizer 'nobos-tok' has no BOS token"):
         data.calibration_windows(str(wiki_file), NoBos(), nsamples=1, seqlen=8, add_bos=True)
 
@@ -431,6 +442,7 @@ def test_error_messages_name_the_source(tokenizer, tmp_path, wiki_file):
 def test_c4_tfds_missing_gives_install_hint(tokenizer):
     try:
         import tensorflow_datasets  # noqa: F401
+
         pytest.skip("tensorflow-datasets is installed")
     except ImportError:
         pass
@@ -493,7 +505,7 @@ def test_full_sotu_asset_calibration(tokenizer, monkeypatch, tmp_path):
     want = ref_wikitext_windows(ref_tokens(tokenizer, text[:cut]), 16, 256, 0)
     np.testing.assert_array_equal(got, want)
     assert list((tmp_path / "tokens").glob("*.npy")), "large text's tokens were not cached"
-    data.clear_cache()                        # the next call must come from the disk cache
+    data.clear_cache()  # the next call must come from the disk cache
     again = data.calibration_windows("asset:sotu[:0.9]", tokenizer, nsamples=16, seqlen=256, seed=0)
     np.testing.assert_array_equal(again, want)
     assert os.environ["OPTIMA_JAX_DATA_DIR"] == str(SHARED)

@@ -1,4 +1,5 @@
 """Perplexity against a float64 PyTorch computation over the same windows; the evaluate CLI; the report table."""
+
 from __future__ import annotations
 
 import json
@@ -102,8 +103,22 @@ def test_cli_perplexity_and_pruned_checkpoint(tiny_llama, text_file, tmp_path):
     from optima_jax.data import eval_tokens
 
     out1 = tmp_path / "dense.json"
-    rc = ev.main(["--model", str(tiny_llama), "--data", str(text_file), "--seqlen", "40", "--max-windows", "5",
-                  "--batch-size", "2", "--output", str(out1)])
+    rc = ev.main(
+        [
+            "--model",
+            str(tiny_llama),
+            "--data",
+            str(text_file),
+            "--seqlen",
+            "40",
+            "--max-windows",
+            "5",
+            "--batch-size",
+            "2",
+            "--output",
+            str(out1),
+        ]
+    )
     assert rc == 0
     r1 = json.loads(out1.read_text())
     em = _load(tiny_llama)
@@ -116,8 +131,23 @@ def test_cli_perplexity_and_pruned_checkpoint(tiny_llama, text_file, tmp_path):
     save_pruned(ck, loaded.params, {}, {"hf_config": loaded.config.hf_config})
     loaded.tokenizer.save_pretrained(str(ck / "checkpoint" / "tokenizer"))
     out2 = tmp_path / "pruned.json"
-    assert ev.main(["--model", str(ck), "--data", str(text_file), "--seqlen", "40", "--max-windows", "5",
-                    "--output", str(out2)]) == 0
+    assert (
+        ev.main(
+            [
+                "--model",
+                str(ck),
+                "--data",
+                str(text_file),
+                "--seqlen",
+                "40",
+                "--max-windows",
+                "5",
+                "--output",
+                str(out2),
+            ]
+        )
+        == 0
+    )
     assert json.loads(out2.read_text())["perplexity"] == pytest.approx(r1["perplexity"], rel=1e-6)
 
     table = ev.compare_report(r1, json.loads(out2.read_text()))

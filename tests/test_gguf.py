@@ -1,5 +1,6 @@
 """GGUF loading against independent references: the original HF tensors written through gguf.GGUFWriter the way
 llama.cpp's convert script does, and transformers' own GGUF loader (tiny files fast, the two real models slow)."""
+
 from __future__ import annotations
 
 import os
@@ -38,14 +39,34 @@ def _tiny_vocab(kind: str):
         tokens = base + merged + ["<|endoftext|>"]
         types = [1] * (len(tokens) - 1) + [3]
         merges = ["Ġ t", "h e", "Ġt he", "i n", "Ġ in"]
-        return dict(model="gpt2", pre="smollm", tokens=tokens, types=types, merges=merges, scores=None,
-                    bos=len(tokens) - 1, eos=len(tokens) - 1, unk=None, add_bos=False)
+        return dict(
+            model="gpt2",
+            pre="smollm",
+            tokens=tokens,
+            types=types,
+            merges=merges,
+            scores=None,
+            bos=len(tokens) - 1,
+            eos=len(tokens) - 1,
+            unk=None,
+            add_bos=False,
+        )
     pieces = ["▁", "t", "h", "e", "i", "n", "▁t", "he", "▁the", "in", "▁in"]
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
     types = [2, 3, 3] + [6] * 256 + [1] * len(pieces)
     scores = [0.0, 0.0, 0.0] + [0.0] * 256 + [-float(i) for i in range(len(pieces))]
-    return dict(model="llama", pre="default", tokens=tokens, types=types, merges=None, scores=scores,
-                bos=1, eos=2, unk=0, add_bos=True)
+    return dict(
+        model="llama",
+        pre="default",
+        tokens=tokens,
+        types=types,
+        merges=None,
+        scores=scores,
+        bos=1,
+        eos=2,
+        unk=0,
+        add_bos=True,
+    )
 
 
 def _tiny_llama(tmp_path: Path, tokenizer: str | None = None):
@@ -55,9 +76,18 @@ def _tiny_llama(tmp_path: Path, tokenizer: str | None = None):
 
     vocab = _tiny_vocab(tokenizer) if tokenizer else None
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(vocab["tokens"]) if vocab else 96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      rope_theta=50000.0, rms_norm_eps=1e-5, tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=len(vocab["tokens"]) if vocab else 96,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        rope_theta=50000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+    )
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -105,9 +135,17 @@ def _tiny_llama(tmp_path: Path, tokenizer: str | None = None):
     add("token_embd.weight", sd["model.embed_tokens.weight"], True)
     add("output_norm.weight", sd["model.norm.weight"], False)
     add("output.weight", sd["lm_head.weight"], False)
-    names = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-             "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-             "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
+    names = {
+        "attn_q": "self_attn.q_proj",
+        "attn_k": "self_attn.k_proj",
+        "attn_v": "self_attn.v_proj",
+        "attn_output": "self_attn.o_proj",
+        "ffn_gate": "mlp.gate_proj",
+        "ffn_up": "mlp.up_proj",
+        "ffn_down": "mlp.down_proj",
+        "attn_norm": "input_layernorm",
+        "ffn_norm": "post_attention_layernorm",
+    }
     for i in range(2):
         for g, h in names.items():
             arr = sd[f"model.layers.{i}.{h}.weight"]
@@ -151,8 +189,18 @@ def test_tiny_llama_gguf_matches_transformers_loader(tmp_path):
     for k in ref:
         np.testing.assert_array_equal(params[k], ref[k], err_msg=k)
     hc = AutoConfig.from_pretrained(str(tmp_path), gguf_file=path.name).to_dict()
-    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings"):
+    for key in (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "max_position_embeddings",
+        "rms_norm_eps",
+        "tie_word_embeddings",
+    ):
         assert cfg[key] == hc[key], key
 
 
@@ -177,16 +225,18 @@ def test_gguf_tokenizer_without_torch_matches_transformers(tmp_path, kind):
         f"_, _, tok = load_gguf({str(path)!r}, cache_dir={str(tmp_path / 'cache')!r})\n"
         f"texts = {TOKENIZER_TEXTS!r}\n"
         "print(json.dumps({'ids': [tok(t).input_ids for t in texts], 'bos': tok.bos_token_id,"
-        " 'eos': tok.eos_token_id, 'decoded': tok.decode(tok(texts[1]).input_ids, skip_special_tokens=True)}))\n")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[1])
+        " 'eos': tok.eos_token_id, 'decoded': tok.decode(tok(texts[1]).input_ids, skip_special_tokens=True)}))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1]
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     got = json.loads(run.stdout.strip().splitlines()[-1])
     ref = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
     assert got["ids"] == [ref(t).input_ids for t in TOKENIZER_TEXTS]
     assert (got["bos"], got["eos"]) == (ref.bos_token_id, ref.eos_token_id)
     assert got["decoded"] == ref.decode(ref(TOKENIZER_TEXTS[1]).input_ids, skip_special_tokens=True)
-    assert len(set(map(len, got["ids"]))) > 1 and max(map(len, got["ids"])) > 5   # real tokenization happened
+    assert len(set(map(len, got["ids"]))) > 1 and max(map(len, got["ids"])) > 5  # real tokenization happened
 
 
 def test_tiny_gemma3_gguf_norms_and_layer_types(tmp_path):
@@ -244,8 +294,15 @@ def test_tiny_gemma3_gguf_norms_and_layer_types(tmp_path):
         np.testing.assert_allclose(params[k], v, rtol=0, atol=1e-6, err_msg=k)
     hc = AutoConfig.from_pretrained(str(tmp_path), gguf_file=path.name).to_dict()
     assert cfg["model_type"] == hc["model_type"] == "gemma3_text"
-    for key in ("layer_types", "sliding_window", "head_dim", "num_key_value_heads",
-                "tie_word_embeddings", "hidden_activation", "rms_norm_eps"):
+    for key in (
+        "layer_types",
+        "sliding_window",
+        "head_dim",
+        "num_key_value_heads",
+        "tie_word_embeddings",
+        "hidden_activation",
+        "rms_norm_eps",
+    ):
         assert cfg[key] == hc[key], key
     # transformers keeps its 256 default; llama.cpp (the GGUF's runtime) scales by 1/sqrt(head_dim) below 27B
     assert cfg["query_pre_attn_scalar"] == hd
@@ -306,17 +363,29 @@ def test_real_gguf_matches_transformers(source):
     for k, v in ref.items():
         np.testing.assert_array_equal(params[k], v.numpy(), err_msg=k)
     hc = hf.config.to_dict()
-    for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                "head_dim", "rms_norm_eps", "tie_word_embeddings", "layer_types", "sliding_window",
-                "query_pre_attn_scalar"):
+    for key in (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "rms_norm_eps",
+        "tie_word_embeddings",
+        "layer_types",
+        "sliding_window",
+        "query_pre_attn_scalar",
+    ):
         if key in hc:
             assert cfg[key] == hc[key], key
     text = "The quick brown fox jumps over the lazy dog."
     from transformers import AutoTokenizer
+
     ref_tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     assert tok(text).input_ids == ref_tok(text).input_ids
     from optima_jax.models.loading.gguf import _load_tokenizer, _open_reader
-    cached = _load_tokenizer(path, _open_reader(path), None)   # the tokenizer saved in the cache on first load
+
+    cached = _load_tokenizer(path, _open_reader(path), None)  # the tokenizer saved in the cache on first load
     text = Path(os.environ.get("OPTIMA_JAX_DATA_DIR", "/work/shared/data"), "wiki_test.txt")
     text = text.read_text()[:20000] if text.exists() else text_fallback()
     assert cached(text).input_ids == ref_tok(text).input_ids

@@ -1,5 +1,6 @@
 """Our lm-eval backend against lm-eval's own HF backend (HFLM) on the same tiny random checkpoint, and a local
 multiple-choice task (tests/data) run offline through lm-eval's evaluator with both backends."""
+
 from __future__ import annotations
 
 import os
@@ -50,9 +51,9 @@ def test_loglikelihood_matches_hflm(hflm, ours):
     text = tiny.shared_text("wiki_test.txt").read_text()[:3000]
     args = [
         ("The capital of France is", " Paris"),
-        ("The capital of France is ", "Berlin and more"),     # trailing space moves to the continuation
+        ("The capital of France is ", "Berlin and more"),  # trailing space moves to the continuation
         ("", "An empty context uses the prefix token"),
-        (text[:200], text[200:260]),                          # long: left-truncated to max_length
+        (text[:200], text[200:260]),  # long: left-truncated to max_length
         (text[500:540], " the"),
         ("Numbers: 1 2 3", " 4 5 6"),
     ]
@@ -65,7 +66,7 @@ def test_loglikelihood_matches_hflm(hflm, ours):
 
 def test_loglikelihood_rolling_matches_hflm(hflm, ours):
     text = tiny.shared_text("wiki_test.txt").read_text()
-    args = [(text[:150],), (text[1000:1500],)]              # the second spans several rolling windows
+    args = [(text[:150],), (text[1000:1500],)]  # the second spans several rolling windows
     a = ours.loglikelihood_rolling(_requests("loglikelihood_rolling", args))
     b = hflm.loglikelihood_rolling(_requests("loglikelihood_rolling", args))
     np.testing.assert_allclose(a, b, rtol=1e-3)
@@ -102,9 +103,26 @@ def test_wrapper_cli_registers_model(ckpt, tmp_path):
     out = tmp_path / "res"
     env = dict(os.environ, HF_DATASETS_OFFLINE="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "optima_jax.lm_eval", "--model", "optima_jax",
-         "--model_args", f"model={ckpt},batch_size=4,max_length={MAX_LEN}", "--tasks", "optima_mc_test",
-         "--include_path", str(DATA), "--output_path", str(out)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        [
+            sys.executable,
+            "-m",
+            "optima_jax.lm_eval",
+            "--model",
+            "optima_jax",
+            "--model_args",
+            f"model={ckpt},batch_size=4,max_length={MAX_LEN}",
+            "--tasks",
+            "optima_mc_test",
+            "--include_path",
+            str(DATA),
+            "--output_path",
+            str(out),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "optima_mc_test" in proc.stdout

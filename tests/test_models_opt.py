@@ -1,5 +1,6 @@
 """OPT port vs transformers' OPTForCausalLM (float32 eager attention, tiny random checkpoints), the block API on
 OPT, the HF export, and a tiny OPT checkpoint pruned end to end through ``python -m optima_jax.prune``."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -22,30 +22,47 @@ from tests.conftest import assert_bf16_close_to_float32, assert_logits_match_flo
 
 REPO = Path(__file__).resolve().parents[1]
 
-OPT_BASE = dict(vocab_size=256, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
-                max_position_embeddings=64, pad_token_id=1, bos_token_id=2, eos_token_id=2)
+OPT_BASE = dict(
+    vocab_size=256,
+    hidden_size=64,
+    ffn_dim=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=64,
+    pad_token_id=1,
+    bos_token_id=2,
+    eos_token_id=2,
+)
 OPT_VARIANTS = {
     # OPT-125m..66b layout: pre-LayerNorm, ReLU, biases everywhere, tied LM head
     "pre": dict(OPT_BASE),
     # OPT-350m layout: post-LayerNorm, word_embed_proj_dim != hidden_size (project_in / project_out)
     "post_proj": dict(OPT_BASE, do_layer_norm_before=False, word_embed_proj_dim=32),
     # config switches: no biases, no LayerNorm affine params, GELU, untied LM head
-    "nobias_untied": dict(OPT_BASE, enable_bias=False, layer_norm_elementwise_affine=False,
-                          activation_function="gelu", tie_word_embeddings=False),
+    "nobias_untied": dict(
+        OPT_BASE,
+        enable_bias=False,
+        layer_norm_elementwise_affine=False,
+        activation_function="gelu",
+        tie_word_embeddings=False,
+    ),
 }
 
 
 def make_opt(kwargs: dict, seed: int = 0):
     """Random transformers OPTForCausalLM in float32 with eager attention; every parameter randomised."""
     from transformers import AutoConfig, AutoModelForCausalLM
+
     torch.manual_seed(seed)
     cfg = AutoConfig.for_model("opt", **kwargs)
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", dtype=torch.float32).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "layer_norm" in name:
-                p.copy_(torch.randn_like(p) * (0.3 if name.endswith("weight") else 0.1)
-                        + (1.0 if name.endswith("weight") else 0.0))
+                p.copy_(
+                    torch.randn_like(p) * (0.3 if name.endswith("weight") else 0.1)
+                    + (1.0 if name.endswith("weight") else 0.0)
+                )
             else:
                 p.copy_(torch.randn_like(p) * 0.08)
     return model
@@ -90,8 +107,12 @@ def test_logits_bfloat16_close_to_float32_reference(opt_dirs, rand_ids, name):
 def _torch_linear_inputs(tm, ids, layer, names):
     seen = {}
     blk = tm.model.decoder.layers[layer]
-    hooks = [blk.get_submodule(n).register_forward_hook(
-        lambda m, inp, out, n=n: seen.__setitem__(n, inp[0].detach().numpy().copy())) for n in names]
+    hooks = [
+        blk.get_submodule(n).register_forward_hook(
+            lambda m, inp, out, n=n: seen.__setitem__(n, inp[0].detach().numpy().copy())
+        )
+        for n in names
+    ]
     try:
         torch_logits(tm, ids)
     finally:
@@ -105,6 +126,7 @@ def test_capture_matches_torch_hooks_and_blockwise_equals_full(opt_dirs, rand_id
     """embed -> every block (jitted block_fn, capture=True) -> final_logits: captured inputs equal what torch
     forward hooks see on each nn.Linear (fc1/fc2 see [B*T, in] in torch), and the result equals model(ids)."""
     from flax import nnx
+
     tm, loaded, model = _load(opt_dirs, name)
     cfg = loaded.config
     names = api.linear_names(cfg)
@@ -120,8 +142,9 @@ def test_capture_matches_torch_hooks_and_blockwise_equals_full(opt_dirs, rand_id
             np.testing.assert_allclose(got.reshape(ref[lin].shape), ref[lin], atol=2e-5, rtol=1e-5, err_msg=lin)
             assert got.shape[:2] == rand_ids.shape
         h = h_next
-    np.testing.assert_allclose(np.asarray(model.final_logits(h)), np.asarray(models.forward(model, rand_ids)),
-                               atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(model.final_logits(h)), np.asarray(models.forward(model, rand_ids)), atol=1e-5, rtol=0
+    )
 
 
 def test_layer_call_capture_contract(opt_dirs, rand_ids):
@@ -147,6 +170,7 @@ def test_block_api_names_groups_and_set_linear(opt_dirs, rand_ids):
     from safetensors.numpy import load_file
 
     from optima_jax.sparsity import select_linears
+
     tm, loaded, model = _load(opt_dirs, "pre")
     cfg = loaded.config
     names = api.linear_names(cfg)
@@ -154,8 +178,7 @@ def test_block_api_names_groups_and_set_linear(opt_dirs, rand_ids):
     torch_linears = {n for n, m in tm.model.decoder.layers[0].named_modules() if isinstance(m, torch.nn.Linear)}
     assert set(names) == torch_linears
     groups = api.input_groups(cfg)
-    assert groups == {"attn_in": names[:3], "attn_out": ["self_attn.out_proj"], "mlp_in": ["fc1"],
-                      "mlp_out": ["fc2"]}
+    assert groups == {"attn_in": names[:3], "attn_out": ["self_attn.out_proj"], "mlp_in": ["fc1"], "mlp_out": ["fc2"]}
     assert api.mlp_linears(cfg) == {"fc1": "out", "fc2": "in"}
     assert select_linears(names, "mlp", api.mlp_linears(cfg)) == ["fc1", "fc2"]
     on_disk = load_file(os.path.join(opt_dirs("pre")[1], "model.safetensors"))
@@ -177,8 +200,9 @@ def test_block_api_names_groups_and_set_linear(opt_dirs, rand_ids):
     tm2 = copy.deepcopy(tm)
     with torch.no_grad():
         tm2.model.decoder.layers[i].fc1.weight.mul_(torch.as_tensor(mask, dtype=torch.float32))
-    np.testing.assert_allclose(np.asarray(models.forward(model, rand_ids)), torch_logits(tm2, rand_ids),
-                               atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(models.forward(model, rand_ids)), torch_logits(tm2, rand_ids), atol=1e-4, rtol=0
+    )
     with pytest.raises(models.ParamsError, match=r"model\.decoder\.layers\.1\.fc1\.weight"):
         api.set_linear(model, i, name, W.T)
     with pytest.raises(models.ParamsError, match="unknown linear 'mlp.up_proj'"):
@@ -201,8 +225,10 @@ def test_positions_from_attention_mask_match_transformers(opt_dirs):
     pos = positions_from_mask(mask)
     np.testing.assert_array_equal(np.asarray(pos)[0], np.arange(10))
     np.testing.assert_allclose(np.asarray(model.embed(jnp.asarray(ids), pos)), ref.numpy(), atol=1e-6, rtol=0)
-    np.testing.assert_array_equal(np.asarray(model.embed(jnp.asarray(ids[:1]))), np.asarray(model.embed(
-        jnp.asarray(ids[:1]), jnp.arange(10)[None])))
+    np.testing.assert_array_equal(
+        np.asarray(model.embed(jnp.asarray(ids[:1]))),
+        np.asarray(model.embed(jnp.asarray(ids[:1]), jnp.arange(10)[None])),
+    )
     table = loaded.params["model.decoder.embed_positions.weight"]
     assert table.shape == (64 + 2, 64)
     with torch.no_grad():
@@ -217,6 +243,7 @@ def test_save_hf_reloads_in_transformers(opt_dirs, rand_ids, tmp_path, name):
     """Pruned-looking params (half of every fc2 zeroed) exported with save_hf reload in OPTForCausalLM with our
     logits, and load back into an identical params dict."""
     from transformers import AutoModelForCausalLM
+
     _, loaded, model = _load(opt_dirs, name)
     cfg = loaded.config
     rng = np.random.default_rng(0)
@@ -228,8 +255,9 @@ def test_save_hf_reloads_in_transformers(opt_dirs, rand_ids, tmp_path, name):
     models.save_hf(str(out), cfg, params)
     hf = AutoModelForCausalLM.from_pretrained(str(out), attn_implementation="eager", dtype=torch.float32).eval()
     assert type(hf).__name__ == "OPTForCausalLM"
-    np.testing.assert_allclose(np.asarray(models.forward(model, rand_ids)), torch_logits(hf, rand_ids),
-                               atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(models.forward(model, rand_ids)), torch_logits(hf, rand_ids), atol=1e-4, rtol=0
+    )
     again = models.load_model(str(out))
     assert again.config == cfg
     for k, v in params.items():
@@ -241,22 +269,26 @@ def test_old_decoder_prefix_checkpoint_loads(opt_dirs, rand_ids, tmp_path):
     import shutil
 
     from safetensors.numpy import load_file, save_file
+
     tm, d = opt_dirs("pre")
     out = tmp_path / "old"
     out.mkdir()
     shutil.copy(os.path.join(d, "config.json"), out / "config.json")
     tensors = load_file(os.path.join(d, "model.safetensors"))
-    save_file({k[len("model."):]: v for k, v in tensors.items()}, str(out / "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {k[len("model.") :]: v for k, v in tensors.items()}, str(out / "model.safetensors"), metadata={"format": "pt"}
+    )
     loaded = models.load_model(str(out))
     assert "model.decoder.layers.0.fc1.weight" in loaded.params
     model = models.build_model(loaded.config, loaded.params)
-    np.testing.assert_allclose(np.asarray(models.forward(model, rand_ids)), torch_logits(tm, rand_ids),
-                               atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(models.forward(model, rand_ids)), torch_logits(tm, rand_ids), atol=1e-4, rtol=0
+    )
 
 
 def test_bad_opt_config_is_a_clear_error(tmp_path):
     from optima_jax.models.opt import config_from_hf
+
     good = dict(OPT_BASE, model_type="opt")
     with pytest.raises(models.ModelConfigError, match="hidden_size=66 is not a multiple"):
         config_from_hf(dict(good, hidden_size=66), where="x/config.json")
@@ -271,17 +303,37 @@ def test_bad_opt_config_is_a_clear_error(tmp_path):
 def opt_run(tmp_path_factory):
     """A tiny OPT checkpoint (with a BPE tokenizer) pruned to 50% unstructured by the CLI, exported to HF."""
     import tiny
+
     root = tmp_path_factory.mktemp("opt_e2e")
     ckpt = root / "ckpt"
-    tm = make_opt(dict(OPT_BASE, vocab_size=tiny.VOCAB, num_hidden_layers=2, max_position_embeddings=128,
-                       pad_token_id=3, bos_token_id=1, eos_token_id=2))
+    tm = make_opt(
+        dict(
+            OPT_BASE,
+            vocab_size=tiny.VOCAB,
+            num_hidden_layers=2,
+            max_position_embeddings=128,
+            pad_token_id=3,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
+    )
     tm.save_pretrained(str(ckpt), safe_serialization=True)
     tiny.save_tokenizer(ckpt)
     out = root / "run"
-    args = [sys.executable, "-m", "optima_jax.prune", "--config", "configs/base.py", f"--config.model={ckpt}",
-            f"--config.output_dir={out}", f"--config.calibration.source={tiny.shared_text('wiki_train.txt')}",
-            "--config.calibration.nsamples=8", "--config.calibration.seqlen=32",
-            "--config.calibration.micro_batch=4", "--config.export_hf=True"]
+    args = [
+        sys.executable,
+        "-m",
+        "optima_jax.prune",
+        "--config",
+        "configs/base.py",
+        f"--config.model={ckpt}",
+        f"--config.output_dir={out}",
+        f"--config.calibration.source={tiny.shared_text('wiki_train.txt')}",
+        "--config.calibration.nsamples=8",
+        "--config.calibration.seqlen=32",
+        "--config.calibration.micro_batch=4",
+        "--config.export_hf=True",
+    ]
     env = dict(os.environ, JAX_PLATFORMS="cpu", TQDM_DISABLE="1")
     r = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-4000:]
@@ -297,6 +349,7 @@ def test_prune_cli_end_to_end(opt_run):
 
     import tiny
     from optima_jax import checkpoint
+
     ckpt, out = opt_run
     dense = load_file(str(ckpt / "model.safetensors"))
     pruned = checkpoint.flatten(checkpoint.restore_params(out))
@@ -312,8 +365,9 @@ def test_prune_cli_end_to_end(opt_run):
         else:
             np.testing.assert_array_equal(got, w, err_msg=f"{name} changed but is not a pruned linear")
 
-    hf = transformers.AutoModelForCausalLM.from_pretrained(str(out / "hf"), dtype=torch.float32,
-                                                           attn_implementation="eager").eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        str(out / "hf"), dtype=torch.float32, attn_implementation="eager"
+    ).eval()
     ids = np.random.default_rng(0).integers(4, tiny.VOCAB, size=(2, 24)).astype(np.int32)
     ours = models.build_model(cfg, pruned, dtype=jnp.float32)(jnp.asarray(ids))
     np.testing.assert_allclose(np.asarray(ours), torch_logits(hf, ids), atol=1e-4, rtol=0)
@@ -323,6 +377,7 @@ def test_prune_cli_end_to_end(opt_run):
 def test_prune_cli_masks_and_report_use_opt_hf_names(opt_run):
     """The saved keep-masks and the report rows name the true HF tensors (model.decoder.layers.{i}.*)."""
     from optima_jax import checkpoint
+
     ckpt, out = opt_run
     cfg = models.load_model(str(ckpt)).config
     linears = {api.weight_name(cfg, i, n) for i in range(cfg.num_layers) for n in api.linear_names(cfg)}

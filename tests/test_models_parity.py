@@ -1,4 +1,5 @@
 """Parity of the Flax ports with transformers' PyTorch models (float32 eager attention), and the block API."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,12 @@ torch = pytest.importorskip("torch")
 
 from optima_jax import models  # noqa: E402
 from optima_jax.models import api  # noqa: E402
-from tests.conftest import (TINY_CONFIGS, assert_bf16_close_to_float32, assert_logits_match_float32,  # noqa: E402
-                            torch_logits)
+from tests.conftest import (
+    TINY_CONFIGS,
+    assert_bf16_close_to_float32,
+    assert_logits_match_float32,  # noqa: E402
+    torch_logits,
+)
 
 FAMILIES = list(TINY_CONFIGS)
 
@@ -45,8 +50,11 @@ def _torch_linear_inputs(tm, ids, layer):
     hooks = []
     for name in api.linear_names(None):
         mod = blk.get_submodule(name)
-        hooks.append(mod.register_forward_hook(
-            lambda m, inp, out, name=name: seen.__setitem__(name, inp[0].detach().numpy().copy())))
+        hooks.append(
+            mod.register_forward_hook(
+                lambda m, inp, out, name=name: seen.__setitem__(name, inp[0].detach().numpy().copy())
+            )
+        )
     try:
         torch_logits(tm, ids)
     finally:
@@ -60,6 +68,7 @@ def test_capture_matches_torch_hooks_and_blockwise_equals_full(tiny_dirs, rand_i
     """embed -> every block (jitted block_fn, capture=True) -> final_logits: captured inputs equal what torch
     forward hooks see on the nn.Linear modules, and the result equals model(ids)."""
     from flax import nnx
+
     tm, loaded, model = _load(tiny_dirs, name)
     cfg = loaded.config
     h = model.embed(jnp.asarray(rand_ids))
@@ -68,12 +77,13 @@ def test_capture_matches_torch_hooks_and_blockwise_equals_full(tiny_dirs, rand_i
         fn = jax.jit(api.block_fn(model, i), static_argnames="capture")
         h_next, inputs = fn(nnx.state(model.layers[i]), h, positions, capture=True)
         ref = _torch_linear_inputs(tm, rand_ids, i)
-        assert sorted(inputs) == sorted(api.linear_names(cfg))     # jit returns dicts key-sorted
+        assert sorted(inputs) == sorted(api.linear_names(cfg))  # jit returns dicts key-sorted
         for lin in api.linear_names(cfg):
             np.testing.assert_allclose(np.asarray(inputs[lin]), ref[lin], atol=2e-5, rtol=1e-5, err_msg=lin)
         h = h_next
-    np.testing.assert_allclose(np.asarray(model.final_logits(h)), np.asarray(models.forward(model, rand_ids)),
-                               atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(model.final_logits(h)), np.asarray(models.forward(model, rand_ids)), atol=1e-5, rtol=0
+    )
 
 
 def test_layer_call_capture_contract(tiny_dirs, rand_ids):
@@ -83,7 +93,7 @@ def test_layer_call_capture_contract(tiny_dirs, rand_ids):
     h = model.embed(jnp.asarray(rand_ids))
     positions = jnp.arange(rand_ids.shape[1])[None]
     h_next, inputs = model.layers[0](h, positions, capture=True)
-    assert list(inputs) == api.linear_names(loaded.config)          # execution order
+    assert list(inputs) == api.linear_names(loaded.config)  # execution order
     assert inputs["self_attn.q_proj"] is inputs["self_attn.k_proj"] is inputs["self_attn.v_proj"]
     assert inputs["mlp.gate_proj"] is inputs["mlp.up_proj"]
     assert inputs["self_attn.o_proj"].shape == (2, 24, loaded.config.num_heads * loaded.config.head_dim)
@@ -94,10 +104,11 @@ def test_layer_call_capture_contract(tiny_dirs, rand_ids):
 def test_block_fn_is_pure_and_jittable(tiny_dirs, rand_ids):
     """block_fn under jit equals the eager layer, for a sliding and a global Gemma 3 layer."""
     from flax import nnx
+
     _, loaded, model = _load(tiny_dirs, "gemma3_text")
     h = model.embed(jnp.asarray(rand_ids))
     positions = jnp.arange(rand_ids.shape[1])[None]
-    for i in (0, 1):                                    # a sliding and a global layer
+    for i in (0, 1):  # a sliding and a global layer
         fn = jax.jit(api.block_fn(model, i), static_argnames="capture")
         state = nnx.state(model.layers[i])
         out, inputs = fn(state, h, positions, capture=True)
@@ -105,7 +116,7 @@ def test_block_fn_is_pure_and_jittable(tiny_dirs, rand_ids):
         np.testing.assert_allclose(np.asarray(out), np.asarray(ref_out), atol=1e-5)
         for k in ref_inputs:
             np.testing.assert_allclose(np.asarray(inputs[k]), np.asarray(ref_inputs[k]), atol=1e-5)
-        out2 = fn(state, h, positions)                  # capture=False returns only h
+        out2 = fn(state, h, positions)  # capture=False returns only h
         np.testing.assert_allclose(np.asarray(out2), np.asarray(ref_out), atol=1e-5)
 
 
@@ -118,10 +129,13 @@ def test_set_linear_changes_output_like_torch(tiny_dirs, rand_ids):
     mask = np.random.default_rng(1).random(W.shape) < 0.5
     api.set_linear(model, i, name, W * mask)
     import copy
+
     tm2 = copy.deepcopy(tm)
     with torch.no_grad():
         tm2.model.layers[i].get_submodule(name).weight.mul_(torch.as_tensor(mask, dtype=torch.float32))
-    np.testing.assert_allclose(np.asarray(models.forward(model, rand_ids)), torch_logits(tm2, rand_ids), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(models.forward(model, rand_ids)), torch_logits(tm2, rand_ids), atol=1e-4, rtol=0
+    )
     with pytest.raises(models.ParamsError, match="model.layers.2.mlp.down_proj"):
         api.set_linear(model, i, name, W.T)
     with pytest.raises(models.ParamsError, match="unknown linear"):
@@ -162,6 +176,7 @@ def _old_format(d: dict, model_type: str) -> dict:
 @pytest.mark.parametrize("name", ["llama_untied_llama3", "gemma3_text"])
 def test_old_format_config_matches_transformers(tiny_dirs, rand_ids, tmp_path, name):
     from transformers import AutoModelForCausalLM
+
     _, d = tiny_dirs(name)
     mt = TINY_CONFIGS[name][0]
     shutil.copytree(d, tmp_path / "m")
@@ -172,18 +187,25 @@ def test_old_format_config_matches_transformers(tiny_dirs, rand_ids, tmp_path, n
     tm = AutoModelForCausalLM.from_pretrained(tmp_path / "m", attn_implementation="eager", dtype=torch.float32).eval()
     loaded = models.load_model(str(tmp_path / "m"))
     model = models.build_model(loaded.config, loaded.params)
-    np.testing.assert_allclose(np.asarray(models.forward(model, rand_ids)), torch_logits(tm, rand_ids), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(models.forward(model, rand_ids)), torch_logits(tm, rand_ids), atol=1e-4, rtol=0
+    )
 
 
 def test_gemma3_multimodal_checkpoint_loads_text_model(tiny_dirs, rand_ids, tmp_path):
     """A ``gemma3`` config wrapping ``text_config`` with ``language_model.model.*`` names (and a vision tower)
     loads as the text model."""
     from safetensors.numpy import load_file, save_file
+
     tm, d = tiny_dirs("gemma3_text")
     with open(os.path.join(d, "config.json")) as f:
         text = json.load(f)
-    mm = {"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"], "text_config": text,
-          "vision_config": {"model_type": "siglip_vision_model"}}
+    mm = {
+        "model_type": "gemma3",
+        "architectures": ["Gemma3ForConditionalGeneration"],
+        "text_config": text,
+        "vision_config": {"model_type": "siglip_vision_model"},
+    }
     out = tmp_path / "mm"
     out.mkdir()
     with open(out / "config.json", "w") as f:
@@ -194,4 +216,6 @@ def test_gemma3_multimodal_checkpoint_loads_text_model(tiny_dirs, rand_ids, tmp_
     loaded = models.load_model(str(out))
     assert loaded.config.model_type == "gemma3_text" and loaded.config.hf_config["model_type"] == "gemma3"
     model = models.build_model(loaded.config, loaded.params)
-    np.testing.assert_allclose(np.asarray(models.forward(model, rand_ids)), torch_logits(tm, rand_ids), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(models.forward(model, rand_ids)), torch_logits(tm, rand_ids), atol=1e-4, rtol=0
+    )

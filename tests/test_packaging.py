@@ -17,8 +17,11 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                        "-w", str(out), str(REPO)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(REPO)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     (whl,) = out.glob("optima_jax-*.whl")
     return whl
@@ -51,22 +54,31 @@ def test_fresh_venv_from_the_wheel_prunes_without_torch(wheel, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(JAX_PLATFORMS="cpu", TQDM_DISABLE="1", PATH=f"{bindir}:{env.get('PATH', '')}")
-    work = tmp_path / "work"               # not the source tree: configs must come from the wheel
+    work = tmp_path / "work"  # not the source tree: configs must come from the wheel
     work.mkdir()
 
     def run(*cmd):
         return subprocess.run(list(cmd), cwd=work, env=env, capture_output=True, text=True)
 
-    assert run(str(py), "-c", "import torch").returncode != 0          # the runtime really has no torch
-    assert run(str(py), "-c", "import models").returncode != 0         # and no generic top-level package
+    assert run(str(py), "-c", "import torch").returncode != 0  # the runtime really has no torch
+    assert run(str(py), "-c", "import models").returncode != 0  # and no generic top-level package
     h = run("optima-prune", "--help")
     assert h.returncode == 0 and "--config.solver.damp=" in h.stdout, h.stderr[-2000:]
     ckpt = tiny.make_checkpoint(tmp_path / "ckpt", "llama")
     text = tiny.shared_text("wiki_test.txt")
-    p = run("optima-prune", "--config", "base", f"--config.model={ckpt}", f"--config.output_dir={work / 'run'}",
-            f"--config.calibration.source={tiny.shared_text('wiki_train.txt')}", "--config.calibration.nsamples=4",
-            "--config.calibration.seqlen=32", f"--config.eval.source={text}", "--config.eval.seqlen=48",
-            "--config.eval.max_windows=2")
+    p = run(
+        "optima-prune",
+        "--config",
+        "base",
+        f"--config.model={ckpt}",
+        f"--config.output_dir={work / 'run'}",
+        f"--config.calibration.source={tiny.shared_text('wiki_train.txt')}",
+        "--config.calibration.nsamples=4",
+        "--config.calibration.seqlen=32",
+        f"--config.eval.source={text}",
+        "--config.eval.seqlen=48",
+        "--config.eval.max_windows=2",
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert (work / "run" / "checkpoint").is_dir()
     e = run("optima-eval", "--model", str(work / "run"), "--data", str(text), "--seqlen", "48", "--max-windows", "2")

@@ -2,6 +2,7 @@
 construction (paramathic/optima, optima/weight_update.py): create_qp with the [-w, -w+1e-4] box, an all-zero
 equality row and the dummy inequality 1ᵀΔ ≥ -1e5 on the mean covariance, vmapped over rows, eps 1e-2,
 100k iterations, the solution added in bf16. Plus scale invariance of the exact solver."""
+
 import numpy as np
 import pytest
 
@@ -44,17 +45,18 @@ def mpax_paper_solve(H, W, mask, n_tokens, eps=1e-2):
         r = mpax.raPDHG(eps_abs=eps, eps_rel=eps, verbose=False, iteration_limit=100_000).optimize(qp)
         return r.primal_solution, r.termination_status, r.iteration_count
 
-    x, status, its = jax.vmap(single)(lo, hi)   # as the paper: vmap, no jit around it
+    x, status, its = jax.vmap(single)(lo, hi)  # as the paper: vmap, no jit around it
     sol = np.asarray(x).astype(jnp.bfloat16)
-    new = (np.asarray(W).astype(jnp.bfloat16) + sol).astype(np.float32)   # bf16(W) + bf16(Δ), in bf16
+    new = (np.asarray(W).astype(jnp.bfloat16) + sol).astype(np.float32)  # bf16(W) + bf16(Δ), in bf16
     return np.where(mask, new, 0.0), np.asarray(status), np.asarray(its)
 
 
 def check_same_distance_as_mpax(H, W, mask, n_tokens):
     mpax = pytest.importorskip("mpax")
     _, opt = reference(H, W, mask)
-    ours = solve_rows(H, W, mask, method="rapdhg", n_tokens=n_tokens, eps_abs=1e-2, eps_rel=1e-2,
-                      iteration_limit=100_000, damp=0.0)
+    ours = solve_rows(
+        H, W, mask, method="rapdhg", n_tokens=n_tokens, eps_abs=1e-2, eps_rel=1e-2, iteration_limit=100_000, damp=0.0
+    )
     w_m, status_m, its_m = mpax_paper_solve(H, W, mask, n_tokens)
     live = opt > 1e-12 * opt.max()
     ex_ours = (row_objective(H, W, ours.weight)[live] - opt[live]) / opt[live]
@@ -82,7 +84,7 @@ def test_paper_setting_lands_where_mpax_does_on_a_real_layer():
     rows = np.arange(16)
     H, W, mask = z["H"], z["W"][rows], z["keep_mask"][rows]
     ex_ours, ex_mpax = check_same_distance_as_mpax(H, W, mask, int(z["n_tokens"]))
-    assert ex_mpax.mean() > 1e-3      # the paper's setting stops well above the optimum on a real layer
+    assert ex_mpax.mean() > 1e-3  # the paper's setting stops well above the optimum on a real layer
 
 
 def test_paper_setting_is_the_mean_covariance_qp():
@@ -110,8 +112,9 @@ def test_exact_solver_is_scale_invariant(damp, c):
 
 def test_paper_construction_pieces():
     H, W, mask, T = realistic_layer(n=8, out=2, T=64)
-    Q, c, K, rhs, lo, hi, eq, const = paper.row_problem(jnp.asarray(H / T), jnp.asarray(mask[0]),
-                                                         jnp.asarray(np.where(mask[0], 0.0, -W[0])))
+    Q, c, K, rhs, lo, hi, eq, const = paper.row_problem(
+        jnp.asarray(H / T), jnp.asarray(mask[0]), jnp.asarray(np.where(mask[0], 0.0, -W[0]))
+    )
     np.testing.assert_array_equal(np.asarray(K), np.stack([np.zeros(8), np.ones(8)]))
     np.testing.assert_array_equal(np.asarray(rhs), [0.0, -1e5])
     np.testing.assert_array_equal(np.asarray(eq), [True, False])

@@ -1,4 +1,5 @@
 """optima_jax.qp's MPAX-compatible interface against the mpax package (0.2.4) itself."""
+
 import numpy as np
 import pytest
 
@@ -40,8 +41,12 @@ def _kkt_violation(Q, c, A, b, G, h, l, u, x, y):
     K = np.concatenate([A, G])
     g = Q @ x + c - K.T @ y
     rc = np.where(x <= l + 1e-4, np.minimum(g, 0), np.where(x >= u - 1e-4, np.maximum(g, 0), g))
-    feas = max(np.abs(A @ x - b).max(initial=0), np.maximum(h - G @ x, 0).max(initial=0),
-               np.maximum(l - x, 0).max(), np.maximum(x - u, 0).max())
+    feas = max(
+        np.abs(A @ x - b).max(initial=0),
+        np.maximum(h - G @ x, 0).max(initial=0),
+        np.maximum(l - x, 0).max(),
+        np.maximum(x - u, 0).max(),
+    )
     return max(np.abs(rc).max(), feas)
 
 
@@ -50,7 +55,9 @@ def ours_solved():
     Q, (c, A, b, G, h, l, u) = _batch()
 
     def ours(c, A, b, G, h, l, u):
-        return qp.raPDHG(eps_abs=TOL, eps_rel=TOL).optimize(qp.create_qp(Q, c, A, b, G, h, l, u, use_sparse_matrix=False))
+        return qp.raPDHG(eps_abs=TOL, eps_rel=TOL).optimize(
+            qp.create_qp(Q, c, A, b, G, h, l, u, use_sparse_matrix=False)
+        )
 
     args = (c, A, b, G, h, l, u)
     return Q, args, jax.vmap(ours)(*args)
@@ -62,7 +69,8 @@ def solved(ours_solved):
 
     def theirs(c, A, b, G, h, l, u):
         return mpax.raPDHG(eps_abs=TOL, eps_rel=TOL).optimize(
-            mpax.create_qp(Q, c, A, b, G, h, l, u, use_sparse_matrix=False))
+            mpax.create_qp(Q, c, A, b, G, h, l, u, use_sparse_matrix=False)
+        )
 
     return Q, args, r_ours, jax.vmap(theirs)(*args)
 
@@ -83,8 +91,9 @@ def test_vmap_solutions_match_mpax(solved):
     assert np.all(np.asarray(r_mpax.termination_status) == int(mpax.utils.TerminationStatus.OPTIMAL))
     x_o, x_m = np.asarray(r_ours.primal_solution), np.asarray(r_mpax.primal_solution)
     np.testing.assert_allclose(x_o, x_m, atol=2e-3)
-    np.testing.assert_allclose(np.asarray(r_ours.primal_objective), np.asarray(r_mpax.primal_objective),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(r_ours.primal_objective), np.asarray(r_mpax.primal_objective), rtol=1e-4, atol=1e-4
+    )
     for i in range(x_o.shape[0]):
         kkt = _kkt_violation(Q, *(a[i] for a in args), x_o[i], np.asarray(r_ours.dual_solution)[i])
         assert kkt < 1e-3, (i, kkt)
@@ -129,7 +138,8 @@ def test_iteration_limit_status_and_warm_start(ours_solved):
     assert int(r.termination_status) == int(qp.TerminationStatus.ITERATION_LIMIT)
     assert int(r.iteration_count) >= 20
     warm = qp.raPDHG(eps_abs=TOL, eps_rel=TOL, warm_start=True).optimize(
-        prob, initial_primal_solution=r_ours.primal_solution[4], initial_dual_solution=r_ours.dual_solution[4])
+        prob, initial_primal_solution=r_ours.primal_solution[4], initial_dual_solution=r_ours.dual_solution[4]
+    )
     cold = qp.raPDHG(eps_abs=TOL, eps_rel=TOL).optimize(prob)
     assert int(warm.iteration_count) < int(cold.iteration_count)
     np.testing.assert_allclose(np.asarray(warm.primal_solution), np.asarray(cold.primal_solution), atol=1e-3)

@@ -4,7 +4,7 @@ The references follow the published algorithms directly (SparseGPT: the column l
 IST-DASLab's fasterprune; Thanos: explicit inverses of the trailing Hessian block and per-row
 solves on the removed set, without the Cholesky trick the implementation uses).
 """
-import glob
+
 import os
 
 import jax
@@ -42,6 +42,7 @@ def recon(W, Wn, H):
 def real_layers(max_rows=64):
     out = []
     from real_layers import real_layer_paths
+
     for p in real_layer_paths():
         z = np.load(p)
         if "W" in z and "H" in z:
@@ -91,7 +92,7 @@ def ref_sparsegpt(W, H, spec, blocksize=128, percdamp=0.01):
         Err1 = np.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
         if spec.kind == "unstructured":
-            tmp = W1 ** 2 / np.diag(Hinv1)[None, :] ** 2
+            tmp = W1**2 / np.diag(Hinv1)[None, :] ** 2
             k = int(count * spec.ratio)
             mask1 = np.zeros_like(W1, bool)
             np.put_along_axis(mask1, np.argsort(tmp, axis=1, kind="stable")[:, :k], True, axis=1)
@@ -101,9 +102,9 @@ def ref_sparsegpt(W, H, spec, blocksize=128, percdamp=0.01):
             w = W1[:, i]
             d = Hinv1[i, i]
             if spec.kind == "nm" and i % spec.m == 0:
-                tmp = W1[:, i:i + spec.m] ** 2 / np.diag(Hinv1)[i:i + spec.m][None, :] ** 2
+                tmp = W1[:, i : i + spec.m] ** 2 / np.diag(Hinv1)[i : i + spec.m][None, :] ** 2
                 idx = np.argsort(tmp, axis=1, kind="stable")[:, : spec.m - spec.n]
-                np.put_along_axis(mask1[:, i:i + spec.m], idx, True, axis=1)
+                np.put_along_axis(mask1[:, i : i + spec.m], idx, True, axis=1)
             q = w.copy()
             q[mask1[:, i]] = 0
             Q1[:, i] = q
@@ -148,7 +149,7 @@ def ref_thanos(W, H, spec, blocksize=128, percdamp=0.01, mask_scope="row"):
             flat = np.zeros(metric.size, bool)
             flat[np.argsort(metric.reshape(-1), kind="stable")[:need]] = True
             sel = flat.reshape(metric.shape)
-        sel[:, i2 - i1:] = False
+        sel[:, i2 - i1 :] = False
         Hr_inv = np.linalg.inv(H[i1:, i1:])
         for r in range(out):
             q = np.nonzero(sel[r])[0]
@@ -322,19 +323,22 @@ def test_external_round_trip_and_errors(tmp_path):
     back = load_masks(p)
     np.testing.assert_array_equal(back[name], keep)
     np.testing.assert_array_equal(back["model.layers.1.mlp.up_proj.weight"], keep)
-    res = get_selector("external")(jnp.asarray(W, jnp.float32), LinearStats(jnp.asarray(H, jnp.float32)), "2:4",
-                                   path=p, name=name)
+    res = get_selector("external")(
+        jnp.asarray(W, jnp.float32), LinearStats(jnp.asarray(H, jnp.float32)), "2:4", path=p, name=name
+    )
     np.testing.assert_array_equal(np.asarray(res.keep_mask), keep)
     np.testing.assert_allclose(np.asarray(res.weight), (W * keep).astype(np.float32))
     # uint8 file written by another tool
     from safetensors.numpy import save_file
+
     p2 = str(tmp_path / "u8.safetensors")
     save_file({name: keep.astype(np.uint8)}, p2)
     np.testing.assert_array_equal(load_masks(p2)[name], keep)
     # wrong shape: names the tensor and both shapes
     with pytest.raises(OptimaError, match=r"up_proj.*\(16, 128\).*\(16, 64\)"):
-        get_selector("external")(jnp.zeros((16, 64), jnp.float32), LinearStats(jnp.zeros((64, 64))), "2:4",
-                                 path=p, name=name)
+        get_selector("external")(
+            jnp.zeros((16, 64), jnp.float32), LinearStats(jnp.zeros((64, 64))), "2:4", path=p, name=name
+        )
     with pytest.raises(OptimaError, match="no mask"):
         load_masks(p, names=["model.layers.9.mlp.up_proj.weight"])
     with pytest.raises(OptimaError, match="not found"):
@@ -370,7 +374,7 @@ def test_matches_reference_on_real_smollm2_layers(name, spec):
         keep_ref, W_ref = run_ref(name, W, H, spec)
         with jax.enable_x64(True):
             keep, Wn = run_ours(name, W, H, spec, jnp.float64)
-        assert np.mean(keep != keep_ref) <= 1e-3, layer   # ties aside
+        assert np.mean(keep != keep_ref) <= 1e-3, layer  # ties aside
         e, e_ref = recon(W, Wn, H), recon(W, W_ref, H)
         assert abs(e - e_ref) <= 1e-5 * e_ref, (layer, e, e_ref)
 
@@ -408,6 +412,12 @@ def test_thanos_real_size_ragged_chunks_finish():
     regression fails instead of hanging, and check that chunking does not change the result."""
     import subprocess
     import sys
-    r = subprocess.run([sys.executable, "-c", _CHUNK_SCRIPT], capture_output=True, text=True, timeout=1800,
-                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+    r = subprocess.run(
+        [sys.executable, "-c", _CHUNK_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]

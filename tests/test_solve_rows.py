@@ -1,5 +1,5 @@
 """solve_rows / auto_damp_solve against a float64 NumPy direct solve written here."""
-import glob
+
 import os
 import subprocess
 import sys
@@ -26,7 +26,7 @@ def make_layer(n=96, out=40, T=400, seed=0, dead=3):
     W = (rng.normal(size=(out, n)) * 0.05).astype(np.float32)
     score = np.abs(W) * np.sqrt(np.diag(H))[None]
     mask = score > np.median(score, axis=1, keepdims=True)
-    mask[0] = True          # a row with nothing pruned
+    mask[0] = True  # a row with nothing pruned
     mask[1, : n - 2] = False  # a row keeping almost nothing
     return H, W, mask
 
@@ -160,17 +160,30 @@ def test_rapdhg_rows_leave_and_join_the_batch_without_changing_their_iterates():
 
     def one(f, d):
         lo, hi = jnp.where(f, -jnp.inf, d), jnp.where(f, jnp.inf, d)
-        return solve_dense(jnp.asarray(Hs), jnp.zeros(n), jnp.zeros((0, n)), jnp.zeros(0), lo, hi,
-                           jnp.zeros(0, bool), 0.0, d, jnp.zeros(0), cfg)
+        return solve_dense(
+            jnp.asarray(Hs),
+            jnp.zeros(n),
+            jnp.zeros((0, n)),
+            jnp.zeros(0),
+            lo,
+            hi,
+            jnp.zeros(0, bool),
+            0.0,
+            d,
+            jnp.zeros(0),
+            cfg,
+        )
 
     x, _, status, its, _ = jax.jit(jax.vmap(one))(jnp.asarray(free), jnp.asarray(fixed))
     ref = np.where(mask, W + np.asarray(x), 0.0)
-    assert len(set(np.asarray(its).tolist())) >= 3           # rows finish at different iterations
+    assert len(set(np.asarray(its).tolist())) >= 3  # rows finish at different iterations
     for kw in (dict(), dict(memory_budget_bytes=4 * 48 * n * 5, rapdhg_segment=64), dict(rapdhg_segment=7)):
         r = solve_rows(H, W, mask, method="rapdhg_sum", eps_abs=1e-4, eps_rel=1e-4, damp=0.0, **kw)
         np.testing.assert_allclose(np.asarray(r.weight), ref, rtol=1e-6, atol=1e-7, err_msg=str(kw))
         np.testing.assert_array_equal(np.asarray(r.iterations), np.asarray(its), err_msg=str(kw))
-        np.testing.assert_array_equal(np.asarray(r.converged), np.asarray(status) == int(TerminationStatus.OPTIMAL), err_msg=str(kw))
+        np.testing.assert_array_equal(
+            np.asarray(r.converged), np.asarray(status) == int(TerminationStatus.OPTIMAL), err_msg=str(kw)
+        )
     with pytest.raises(OptimaError, match="rapdhg_segment must be"):
         solve_rows(H, W, mask, method="rapdhg_sum", rapdhg_segment=0, damp=0.0)
 
@@ -178,10 +191,14 @@ def test_rapdhg_rows_leave_and_join_the_batch_without_changing_their_iterates():
 def test_batching_by_memory_budget_and_warm_start(layer):
     H, W, mask = layer
     full = solve_rows(H, W, mask, method="exact", damp=0.0)
-    small = solve_rows(H, W, mask, method="exact", memory_budget_bytes=200_000, damp=0.0)  # many small batches + padding
+    small = solve_rows(
+        H, W, mask, method="exact", memory_budget_bytes=200_000, damp=0.0
+    )  # many small batches + padding
     np.testing.assert_allclose(np.asarray(small.weight), np.asarray(full.weight), rtol=1e-5, atol=1e-7)
     ref_w, _ = reference(H, W, mask)
-    warm = solve_rows(H, W, mask, method="rapdhg_sum", eps_abs=1e-6, eps_rel=1e-6, W_init=ref_w.astype(np.float32), damp=0.0)
+    warm = solve_rows(
+        H, W, mask, method="rapdhg_sum", eps_abs=1e-6, eps_rel=1e-6, W_init=ref_w.astype(np.float32), damp=0.0
+    )
     cold = solve_rows(H, W, mask, method="rapdhg_sum", eps_abs=1e-6, eps_rel=1e-6, damp=0.0)
     assert np.asarray(warm.iterations).sum() < np.asarray(cold.iterations).sum()
 
@@ -210,7 +227,7 @@ def test_bad_inputs_raise_clear_errors(layer):
 def test_singular_hessian(method):
     rng = np.random.default_rng(3)
     X = rng.normal(size=(60, 96)).astype(np.float32)  # 60 tokens < 96 inputs: rank-deficient H
-    H = X.T @ X                                       # (same shapes as `layer`: no recompilation)
+    H = X.T @ X  # (same shapes as `layer`: no recompilation)
     W = rng.normal(size=(40, 96)).astype(np.float32)
     mask = rng.random((40, 96)) > 0.5
     res = solve_rows(H, W, mask, method=method, damp=0.0)
@@ -269,8 +286,9 @@ def test_auto_damp_early_stop_scans_down_until_the_error_rises(seed):
         best = i
     out = auto_damp_solve(H, W, mask, Hv, grid, row_fraction=1.0, grid_rtol=1e-6)
     assert [e is None for e in out.val_errors] == [e is None for e in expect]
-    np.testing.assert_allclose([e for e in out.val_errors if e is not None],
-                               [e for e in expect if e is not None], rtol=1e-3)
+    np.testing.assert_allclose(
+        [e for e in out.val_errors if e is not None], [e for e in expect if e is not None], rtol=1e-3
+    )
     assert out.damp == grid[best]
 
 
@@ -293,6 +311,7 @@ REAL_LAYERS = ["0.self_attn.q_proj", "0.self_attn.o_proj", "1.mlp.up_proj", "1.m
 @pytest.mark.parametrize("layer", REAL_LAYERS)
 def test_exact_on_captured_real_layers(layer):
     from real_layers import real_layer_paths
+
     z = np.load(next(p for p in real_layer_paths() if p.name.endswith(f"__{layer}.npz")))
     rows = np.arange(0, z["W"].shape[0], max(1, z["W"].shape[0] // 32))
     H, W, mask = z["H"], z["W"][rows], z["keep_mask"][rows].astype(bool)
@@ -302,7 +321,8 @@ def test_exact_on_captured_real_layers(layer):
 
 
 def test_mesh_of_8_devices_equals_one_device(tmp_path):
-    script = textwrap.dedent("""
+    script = textwrap.dedent(
+        """
         import os, numpy as np, jax
         from jax.sharding import Mesh
         import sys; sys.path.insert(0, %r)
@@ -317,9 +337,16 @@ def test_mesh_of_8_devices_equals_one_device(tmp_path):
             np.testing.assert_allclose(np.asarray(a.weight), np.asarray(b.weight), rtol=1e-5, atol=1e-6)
             np.testing.assert_array_equal(np.asarray(a.converged), np.asarray(b.converged))
         print("OK")
-    """ % os.path.dirname(__file__))
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                            os.environ.get("PYTHONPATH", "")]))
+    """
+        % os.path.dirname(__file__)
+    )
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=os.pathsep.join(
+            [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.environ.get("PYTHONPATH", "")]
+        ),
+    )
     p = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0 and "OK" in p.stdout, p.stderr[-3000:]

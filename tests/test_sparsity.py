@@ -1,4 +1,5 @@
 """SparsitySpec parsing/validation and linear-scope selection."""
+
 import pytest
 
 from optima_jax.errors import OptimaError
@@ -21,8 +22,9 @@ def test_parse_nm(x, n, m):
     assert hash(s) == hash(SparsitySpec.parse(x))  # usable as a jit static argument
 
 
-@pytest.mark.parametrize("bad", [0, 1, 1.0, -0.1, 1.5, "0", "100%", "abc", "2:", "4:2", "4:4", "0:4", "nan",
-                                 None, True, [0.5]])
+@pytest.mark.parametrize(
+    "bad", [0, 1, 1.0, -0.1, 1.5, "0", "100%", "abc", "2:", "4:2", "4:4", "0:4", "nan", None, True, [0.5]]
+)
 def test_bad_specs(bad):
     with pytest.raises(OptimaError):
         SparsitySpec.parse(bad)
@@ -48,8 +50,15 @@ def test_expected_pruned_per_row():
 
 
 def test_select_linears():
-    names = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-             "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+    names = [
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    ]
     mlp = {"mlp.gate_proj": "out", "mlp.up_proj": "out", "mlp.down_proj": "in"}
     assert select_linears(names, "all", mlp) == names
     assert select_linears(names, "mlp", mlp) == ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]

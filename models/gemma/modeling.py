@@ -4,10 +4,19 @@ Both: (1 + w) RMSNorm in float32, sandwich norms, GeGLU (``hidden_activation``),
 ``query_pre_attn_scalar``, sliding/global layers, final-logit soft-capping. Gemma 2 adds attention-logit
 soft-capping; Gemma 3 adds q/k RMSNorm and separate rope bases for sliding (local) and global layers.
 """
+
 from __future__ import annotations
 
-from optima_jax.models.config import (FULL, SLIDING, ModelConfig, ModelConfigError, check_activation, check_positive, get,
-                           parse_rope)
+from optima_jax.models.config import (
+    FULL,
+    SLIDING,
+    ModelConfig,
+    ModelConfigError,
+    check_activation,
+    check_positive,
+    get,
+    parse_rope,
+)
 
 _NULL = object()
 
@@ -17,8 +26,9 @@ def _opt_float(d: dict, key: str, default):
     return None if v is None else float(v)
 
 
-def _common(d: dict, model_type: str, where: str, layer_types, full, sliding, attn_cap, final_cap,
-            qk_norm: bool) -> ModelConfig:
+def _common(
+    d: dict, model_type: str, where: str, layer_types, full, sliding, attn_cap, final_cap, qk_norm: bool
+) -> ModelConfig:
     heads = int(get(d, "num_attention_heads", where=where))
     hidden = int(get(d, "hidden_size", where=where))
     kv = d.get("num_key_value_heads") or heads
@@ -26,16 +36,33 @@ def _common(d: dict, model_type: str, where: str, layer_types, full, sliding, at
     act = d.get("hidden_activation") or d.get("hidden_act") or "gelu_pytorch_tanh"
     attn_bias = bool(d.get("attention_bias", False))
     cfg = ModelConfig(
-        model_type=model_type, vocab_size=int(get(d, "vocab_size", where=where)), hidden_size=hidden,
+        model_type=model_type,
+        vocab_size=int(get(d, "vocab_size", where=where)),
+        hidden_size=hidden,
         intermediate_size=int(get(d, "intermediate_size", where=where)),
-        num_layers=int(get(d, "num_hidden_layers", where=where)), num_heads=heads, num_kv_heads=int(kv),
-        head_dim=head_dim, rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)), hidden_act=check_activation(act, where),
-        layer_types=layer_types, rope_full=full, rope_sliding=sliding,
+        num_layers=int(get(d, "num_hidden_layers", where=where)),
+        num_heads=heads,
+        num_kv_heads=int(kv),
+        head_dim=head_dim,
+        rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+        hidden_act=check_activation(act, where),
+        layer_types=layer_types,
+        rope_full=full,
+        rope_sliding=sliding,
         sliding_window=None if d.get("sliding_window", 4096) is None else int(d.get("sliding_window", 4096)),
-        tie_word_embeddings=bool(d.get("tie_word_embeddings", True)), qkv_bias=attn_bias, o_bias=attn_bias,
-        norm_plus_one=True, sandwich_norm=True, qk_norm=qk_norm, embed_scale=True, bos="always",
+        tie_word_embeddings=bool(d.get("tie_word_embeddings", True)),
+        qkv_bias=attn_bias,
+        o_bias=attn_bias,
+        norm_plus_one=True,
+        sandwich_norm=True,
+        qk_norm=qk_norm,
+        embed_scale=True,
+        bos="always",
         attn_scale=float(d.get("query_pre_attn_scalar", 256)) ** -0.5,
-        attn_logit_softcap=attn_cap, final_logit_softcap=final_cap, hf_config=dict(d))
+        attn_logit_softcap=attn_cap,
+        final_logit_softcap=final_cap,
+        hf_config=dict(d),
+    )
     return check_positive(cfg, where)
 
 
@@ -44,9 +71,17 @@ def gemma2_config_from_hf(d: dict, where: str = "config.json") -> ModelConfig:
     n = int(get(d, "num_hidden_layers", where=where))
     layer_types = tuple(d.get("layer_types") or (SLIDING if (i + 1) % 2 else FULL for i in range(n)))
     full, _ = parse_rope(d, default_theta=10000.0, where=where)
-    return _common(d, "gemma2", where, layer_types, full, full,
-                   _opt_float(d, "attn_logit_softcapping", 50.0), _opt_float(d, "final_logit_softcapping", 30.0),
-                   qk_norm=False)
+    return _common(
+        d,
+        "gemma2",
+        where,
+        layer_types,
+        full,
+        full,
+        _opt_float(d, "attn_logit_softcapping", 50.0),
+        _opt_float(d, "final_logit_softcapping", 30.0),
+        qk_norm=False,
+    )
 
 
 def gemma3_text_config_from_hf(d: dict, where: str = "config.json") -> ModelConfig:
@@ -60,9 +95,17 @@ def gemma3_text_config_from_hf(d: dict, where: str = "config.json") -> ModelConf
         k = int(d.get("sliding_window_pattern") or 6)
         layer_types = tuple(SLIDING if (i + 1) % k else FULL for i in range(n))
     full, sliding = parse_rope(d, default_theta=1_000_000.0, where=where, local_theta=10_000.0)
-    return _common(d, "gemma3_text", where, layer_types, full, sliding,
-                   _opt_float(d, "attn_logit_softcapping", None), _opt_float(d, "final_logit_softcapping", None),
-                   qk_norm=True)
+    return _common(
+        d,
+        "gemma3_text",
+        where,
+        layer_types,
+        full,
+        sliding,
+        _opt_float(d, "attn_logit_softcapping", None),
+        _opt_float(d, "final_logit_softcapping", None),
+        qk_norm=True,
+    )
 
 
 def gemma3_config_from_hf(d: dict, where: str = "config.json") -> ModelConfig:
@@ -77,6 +120,7 @@ def gemma3_config_from_hf(d: dict, where: str = "config.json") -> ModelConfig:
     text.setdefault("tie_word_embeddings", d.get("tie_word_embeddings", True))
     cfg = gemma3_text_config_from_hf(text, where=f"{where} (text_config)")
     import dataclasses
+
     return dataclasses.replace(cfg, hf_config=dict(d))
 
 

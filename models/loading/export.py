@@ -1,4 +1,5 @@
 """HF export: config.json + (sharded) model.safetensors + tokenizer files, loadable by transformers."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,9 @@ def _dtype_name(arr: np.ndarray) -> str:
     return {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}.get(arr.dtype.name, "float32")
 
 
-def save_hf(directory: str, config: ModelConfig, params: dict, tokenizer=None,
-            max_shard_bytes: int = 5 * 1024**3) -> None:
+def save_hf(
+    directory: str, config: ModelConfig, params: dict, tokenizer=None, max_shard_bytes: int = 5 * 1024**3
+) -> None:
     """Write an HF checkpoint of the text model to ``directory``.
 
     params: flat HF-named dict (numpy or jax arrays, HF layout). Shards into ``model-0000k-of-0000n.safetensors``
@@ -73,8 +75,12 @@ def _write_hf(directory: str, config: ModelConfig, params: dict, tokenizer, max_
     meta = {"format": "pt"}
     n = len(shards)
     names = ["model.safetensors"] if n == 1 else [f"model-{j:05d}-of-{n:05d}.safetensors" for j in range(1, n + 1)]
-    written = bar(desc=f"HF export to {os.path.basename(directory.rstrip('/'))}", unit="B", unit_scale=True,
-                  total=sum(v.nbytes for v in arrays.values()))
+    written = bar(
+        desc=f"HF export to {os.path.basename(directory.rstrip('/'))}",
+        unit="B",
+        unit_scale=True,
+        total=sum(v.nbytes for v in arrays.values()),
+    )
     weight_map = {}
     with written:
         for fn, shard in zip(names, shards):

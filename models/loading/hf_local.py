@@ -1,4 +1,5 @@
 """Read a local HF model directory: config.json + single or sharded safetensors, tensor by tensor."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,17 @@ from optima_jax.models.config import ModelConfig
 from optima_jax.models.errors import CheckpointError, ParamsError
 from optima_jax.models.registry import config_from_hf, params_module
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
-                   "vocab.json", "merges.txt", "generation_config.json", "added_tokens.json", "chat_template.jinja")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "generation_config.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+)
 
 
 def read_config(directory: str) -> tuple[dict, ModelConfig]:
@@ -76,8 +86,9 @@ def read_params(directory: str, cfg: ModelConfig, dtype=np.float32, strict: bool
                     continue
                 shape = tuple(f.get_slice(key).get_shape())
                 if shape != tuple(expected[name]):
-                    raise ParamsError(f"{path}: tensor {key} has shape {shape}, expected {tuple(expected[name])} "
-                                      f"from config.json")
+                    raise ParamsError(
+                        f"{path}: tensor {key} has shape {shape}, expected {tuple(expected[name])} from config.json"
+                    )
                 try:
                     arr = f.get_tensor(key)
                 except Exception as e:
@@ -90,17 +101,22 @@ def read_params(directory: str, cfg: ModelConfig, dtype=np.float32, strict: bool
         raise ParamsError(f"{directory}: missing tensors {', '.join(missing[:3])}{more}")
     if unexpected and strict:
         more = f" (+{len(unexpected) - 3} more)" if len(unexpected) > 3 else ""
-        raise ParamsError(f"{directory}: unexpected tensors {', '.join(unexpected[:3])}{more} "
-                          f"for model_type {cfg.hf_config.get('model_type')!r}")
+        raise ParamsError(
+            f"{directory}: unexpected tensors {', '.join(unexpected[:3])}{more} "
+            f"for model_type {cfg.hf_config.get('model_type')!r}"
+        )
     return params
 
 
 def load_tokenizer(directory: str):
     """transformers AutoTokenizer for the directory, or None when it holds no tokenizer files."""
-    if not any(os.path.isfile(os.path.join(directory, f))
-               for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")):
+    if not any(
+        os.path.isfile(os.path.join(directory, f))
+        for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
+    ):
         return None
     from transformers import AutoTokenizer
+
     try:
         return AutoTokenizer.from_pretrained(directory)
     except Exception as e:

@@ -5,16 +5,25 @@ Module attribute paths mirror HF names: ``model.decoder.embed_tokens.weight`` [V
 ``...self_attn.out_proj``, ``...self_attn_layer_norm``, ``...fc1``, ``...fc2``, ``...final_layer_norm``,
 ``model.decoder.final_layer_norm``, ``model.decoder.project_in`` / ``project_out`` (when P != D).
 """
+
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from optima_jax.models.config import FULL, ModelConfig, ModelConfigError, RopeSpec, check_activation, check_positive, get
+from optima_jax.models.config import (
+    FULL,
+    ModelConfig,
+    ModelConfigError,
+    RopeSpec,
+    check_activation,
+    check_positive,
+    get,
+)
 from optima_jax.models.transformer import Embedding, Linear, _act, attend
 
-POSITION_OFFSET = 2   # OPT's learned position table starts at index 2 (fairseq padding convention)
+POSITION_OFFSET = 2  # OPT's learned position table starts at index 2 (fairseq padding convention)
 
 
 def config_from_hf(d: dict, where: str = "config.json") -> ModelConfig:
@@ -34,19 +43,34 @@ def config_from_hf(d: dict, where: str = "config.json") -> ModelConfig:
         raise ModelConfigError(f"{where}: max_position_embeddings must be positive, got {max_pos}")
     pre_norm = bool(d.get("do_layer_norm_before", True))
     bias = bool(d.get("enable_bias", True))
-    rope = RopeSpec(theta=10000.0)      # unused: OPT has learned absolute positions
+    rope = RopeSpec(theta=10000.0)  # unused: OPT has learned absolute positions
     cfg = ModelConfig(
-        model_type="opt", vocab_size=int(get(d, "vocab_size", where=where)), hidden_size=hidden,
-        intermediate_size=int(get(d, "ffn_dim", where=where)), num_layers=n, num_heads=heads, num_kv_heads=heads,
-        head_dim=head_dim, rms_norm_eps=1e-5,     # torch.nn.LayerNorm's default eps
+        model_type="opt",
+        vocab_size=int(get(d, "vocab_size", where=where)),
+        hidden_size=hidden,
+        intermediate_size=int(get(d, "ffn_dim", where=where)),
+        num_layers=n,
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=head_dim,
+        rms_norm_eps=1e-5,  # torch.nn.LayerNorm's default eps
         hidden_act=check_activation(d.get("activation_function") or "relu", where),
-        layer_types=(FULL,) * n, rope_full=rope, rope_sliding=rope,
+        layer_types=(FULL,) * n,
+        rope_full=rope,
+        rope_sliding=rope,
         tie_word_embeddings=bool(d.get("tie_word_embeddings", True)),
-        qkv_bias=bias, o_bias=bias, mlp_bias=bias, attn_scale=float(head_dim) ** -0.5,
-        learned_positions=max_pos + POSITION_OFFSET, position_offset=POSITION_OFFSET, pre_norm=pre_norm,
+        qkv_bias=bias,
+        o_bias=bias,
+        mlp_bias=bias,
+        attn_scale=float(head_dim) ** -0.5,
+        learned_positions=max_pos + POSITION_OFFSET,
+        position_offset=POSITION_OFFSET,
+        pre_norm=pre_norm,
         final_norm=pre_norm and not bool(d.get("_remove_final_layer_norm", False)),
         norm_affine=bool(d.get("layer_norm_elementwise_affine", True)),
-        embed_dim=None if proj == hidden else proj, hf_config=dict(d))
+        embed_dim=None if proj == hidden else proj,
+        hf_config=dict(d),
+    )
     return check_positive(cfg, where)
 
 
@@ -149,8 +173,7 @@ class OPTDecoder(nnx.Module):
         self.project_in = Linear(p, d, False, dtype) if cfg.embed_dim is not None else None
         self.project_out = Linear(d, p, False, dtype) if cfg.embed_dim is not None else None
         self.layers = nnx.List([OPTDecoderLayer(cfg, dtype) for _ in range(cfg.num_layers)])
-        self.final_layer_norm = (LayerNorm(d, cfg.rms_norm_eps, cfg.norm_affine, dtype) if cfg.final_norm
-                                 else None)
+        self.final_layer_norm = LayerNorm(d, cfg.rms_norm_eps, cfg.norm_affine, dtype) if cfg.final_norm else None
 
 
 class OPTModel(nnx.Module):

@@ -3,6 +3,7 @@
 Old hub checkpoints saved from ``OPTModel`` name tensors ``decoder.*``; :func:`canonical_name` maps them to
 ``model.decoder.*``.
 """
+
 from __future__ import annotations
 
 from optima_jax.models.config import ModelConfig
@@ -26,8 +27,14 @@ def layer_prefix(i: int) -> str:
 def linear_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
     """Linear name in a block -> (out_features, in_features)."""
     d, f = cfg.hidden_size, cfg.intermediate_size
-    return {"self_attn.q_proj": (d, d), "self_attn.k_proj": (d, d), "self_attn.v_proj": (d, d),
-            "self_attn.out_proj": (d, d), "fc1": (f, d), "fc2": (d, f)}
+    return {
+        "self_attn.q_proj": (d, d),
+        "self_attn.k_proj": (d, d),
+        "self_attn.v_proj": (d, d),
+        "self_attn.out_proj": (d, d),
+        "fc1": (f, d),
+        "fc2": (d, f),
+    }
 
 
 def _norm(name: str, cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -52,8 +59,10 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor of the model by HF name -> shape (lm_head only when embeddings are untied)."""
     d = cfg.hidden_size
     p = cfg.embed_dim or d
-    out: dict[str, tuple[int, ...]] = {f"{PREFIX}embed_tokens.weight": (cfg.vocab_size, p),
-                                       f"{PREFIX}embed_positions.weight": (cfg.learned_positions, d)}
+    out: dict[str, tuple[int, ...]] = {
+        f"{PREFIX}embed_tokens.weight": (cfg.vocab_size, p),
+        f"{PREFIX}embed_positions.weight": (cfg.learned_positions, d),
+    }
     if cfg.embed_dim is not None:
         out[f"{PREFIX}project_in.weight"] = (d, p)
         out[f"{PREFIX}project_out.weight"] = (p, d)

@@ -17,14 +17,15 @@ MPAX's stopping test is relative with an absolute floor (tolerance eps · (1 + s
 sets how far from the optimum the solve stops; with the mean covariance that is tens of percent above
 the optimum on real layers (docs/results.md), not the tight solve that Σxᵀx would give.
 """
+
 from __future__ import annotations
 
 import jax.numpy as jnp
 
-BOX_WIDTH = 1e-4              # pruned entries are boxed to [−w, −w + BOX_WIDTH], not fixed
-DUMMY_INEQUALITY_RHS = -1e5   # the dummy row 1ᵀΔ ≥ −1e5
-MIN_OPTIMAL_FRACTION = 0.95   # per mini-batch; below it the layer keeps its selector's weights
-MINIBATCH_BUDGET = 128 * 12 * 1024 * 1024   # the code's mini-batch rule: this many entries of n×n per batch
+BOX_WIDTH = 1e-4  # pruned entries are boxed to [−w, −w + BOX_WIDTH], not fixed
+DUMMY_INEQUALITY_RHS = -1e5  # the dummy row 1ᵀΔ ≥ −1e5
+MIN_OPTIMAL_FRACTION = 0.95  # per mini-batch; below it the layer keeps its selector's weights
+MINIBATCH_BUDGET = 128 * 12 * 1024 * 1024  # the code's mini-batch rule: this many entries of n×n per batch
 
 
 def hessian_scale(n_tokens: int) -> float:
@@ -36,14 +37,14 @@ def hessian_scale(n_tokens: int) -> float:
 
 def minibatch_rows(out_features: int, in_features: int) -> int:
     """Rows per mini-batch in the paper's code (its 95%-OPTIMAL rule is applied per mini-batch)."""
-    return min(out_features, max(1, MINIBATCH_BUDGET // (in_features ** 2)))
+    return min(out_features, max(1, MINIBATCH_BUDGET // (in_features**2)))
 
 
 def min_minibatch_fraction(optimal, in_features: int) -> float:
     """The lowest fraction of OPTIMAL rows over the paper's mini-batches of a layer (optimal: bool (out,))."""
     ok = jnp.asarray(optimal).astype(jnp.float32)
     size = minibatch_rows(ok.shape[0], in_features)
-    return min(float(jnp.mean(ok[s:s + size])) for s in range(0, ok.shape[0], size))
+    return min(float(jnp.mean(ok[s : s + size])) for s in range(0, ok.shape[0], size))
 
 
 def row_problem(Q, free, fixed_delta):

@@ -18,6 +18,7 @@ Preconditioners (all shared by every row, applied to the masked residual):
 The "admm" warm start runs `admm_iters` iterations of ADMM (Boža 2024) with one (Ĥ + ρI)⁻¹ per layer
 before CG: y ← ρ(Ĥ+ρI)⁻¹(z − u); z ← proj(y + u); u ← u + y − z.
 """
+
 from __future__ import annotations
 
 import jax
@@ -61,7 +62,7 @@ def pcg(Hs, y, free, *, rtol, max_iter, precond=None, stall=50, stall_below=1e-4
     """
     f = free.astype(y.dtype)
     yfix = y * (1.0 - f)
-    b = -_mm(yfix, Hs) * f                                 # rhs at y_F = 0
+    b = -_mm(yfix, Hs) * f  # rhs at y_F = 0
     bn = jnp.sqrt(jnp.sum(b * b, axis=1))
     r = -_mm(y, Hs) * f
     M = (lambda v: v) if precond is None else (lambda v: _mm(v, precond) * f)
@@ -69,7 +70,7 @@ def pcg(Hs, y, free, *, rtol, max_iter, precond=None, stall=50, stall_below=1e-4
     rz = jnp.sum(r * z, axis=1)
     tiny = jnp.finfo(y.dtype).tiny
     rn0 = jnp.sqrt(jnp.sum(r * r, axis=1))
-    den = jnp.where(bn > 0, bn, rn0)                       # b = 0 (nothing pruned): relative to the start
+    den = jnp.where(bn > 0, bn, rn0)  # b = 0 (nothing pruned): relative to the start
     rel = lambda r_: jnp.sqrt(jnp.sum(r_ * r_, axis=1)) / jnp.maximum(den, tiny)
     rel0 = rel(r)
     done0 = (rel0 <= rtol) | (rn0 <= 0)

@@ -9,6 +9,7 @@ The problem is
              G x ≥ h          (the remaining rows)
              l ≤ x ≤ u
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,10 +40,21 @@ class TerminationStatus(IntEnum):
 @functools.partial(
     jax.tree_util.register_dataclass,
     data_fields=[
-        "num_variables", "num_constraints", "variable_lower_bound", "variable_upper_bound",
-        "isfinite_variable_lower_bound", "isfinite_variable_upper_bound", "objective_matrix",
-        "objective_vector", "objective_constant", "constraint_matrix", "constraint_matrix_t",
-        "right_hand_side", "num_equalities", "equalities_mask", "inequalities_mask",
+        "num_variables",
+        "num_constraints",
+        "variable_lower_bound",
+        "variable_upper_bound",
+        "isfinite_variable_lower_bound",
+        "isfinite_variable_upper_bound",
+        "objective_matrix",
+        "objective_vector",
+        "objective_constant",
+        "constraint_matrix",
+        "constraint_matrix_t",
+        "right_hand_side",
+        "num_equalities",
+        "equalities_mask",
+        "inequalities_mask",
     ],
     meta_fields=["is_lp"],
 )
@@ -117,7 +129,10 @@ def _is_zero(Q) -> bool | jax.Array:
         if isinstance(Q, BCOO):
             return bool(Q.nse == 0 or np.all(np.asarray(Q.data) == 0))
         return bool(np.all(np.asarray(to_dense(Q)) == 0))
-    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):  # traced (e.g. under vmap): decide at run time
+    except (
+        jax.errors.ConcretizationTypeError,
+        jax.errors.TracerArrayConversionError,
+    ):  # traced (e.g. under vmap): decide at run time
         return False
 
 

@@ -12,6 +12,7 @@ Algorithm (the same scheme as MPAX's raPDHG for QPs; see docs/solver.md):
     relative dual residual and relative gap all below eps_rel, where relative = abs / (eps_abs/eps_rel + scale).
 The core is a pure function; under `jax.vmap` each problem terminates on its own.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -134,16 +135,16 @@ class _Point(NamedTuple):
 class _State(NamedTuple):
     cur: _Point
     avg: _Point
-    last: _Point          # restart point
-    k: jax.Array          # iterations since the last restart
-    wsum: jax.Array       # sum of step sizes since the last restart
+    last: _Point  # restart point
+    k: jax.Array  # iterations since the last restart
+    wsum: jax.Array  # sum of step sizes since the last restart
     step: jax.Array
-    omega: jax.Array      # primal weight
+    omega: jax.Array  # primal weight
     last_ratio: jax.Array  # KKT reduction ratio at the last restart
-    it: jax.Array         # total iterations
+    it: jax.Array  # total iterations
     done: jax.Array
     status: jax.Array
-    out: tuple            # convergence information at the termination check
+    out: tuple  # convergence information at the termination check
 
 
 class _Problem(NamedTuple):
@@ -168,8 +169,13 @@ def _convergence(p: _Problem, pt: _Point, eps_ratio, ord_):
     grad = p.c - ATy + Qx
     rc = jnp.maximum(grad, 0.0) * jnp.isfinite(p.l) + jnp.minimum(grad, 0.0) * jnp.isfinite(p.u)
     rc_viol = grad - rc
-    bound_term = jnp.sum(jnp.where(rc > 0, jnp.where(jnp.isfinite(p.l), p.l, 0.0) * rc,
-                                   jnp.where(rc < 0, jnp.where(jnp.isfinite(p.u), p.u, 0.0) * rc, 0.0)))
+    bound_term = jnp.sum(
+        jnp.where(
+            rc > 0,
+            jnp.where(jnp.isfinite(p.l), p.l, 0.0) * rc,
+            jnp.where(rc < 0, jnp.where(jnp.isfinite(p.u), p.u, 0.0) * rc, 0.0),
+        )
+    )
     dual_obj = jnp.dot(p.b, y) + p.const - 0.5 * jnp.dot(x, Qx) + bound_term
     dual_v = jnp.where(p.eq, 0.0, jnp.maximum(-y, 0.0))
     dual_res = _norm(jnp.concatenate([dual_v, rc_viol]), ord_)
@@ -194,8 +200,9 @@ def _zero_point(n, m, dtype):
 
 class _Setup(NamedTuple):
     """Everything `start`/`advance`/`finish` derive from the problem data (recomputed, deterministic)."""
+
     orig: _Problem
-    sp: _Problem          # the rescaled problem
+    sp: _Problem  # the rescaled problem
     D: jax.Array
     E: jax.Array
     normQ: jax.Array
@@ -216,8 +223,9 @@ def _setup(Q, c, A, b, l, u, eq, const, cfg: PdhgConfig) -> _Setup:
     normA = spectral_norm(As, cfg.power_iterations, False)
     if cfg.scale_invariant_initial_primal_weight:
         cn, bn = jnp.linalg.norm(sp.c), jnp.linalg.norm(sp.b) if m else jnp.zeros((), dtype)
-        omega0 = jnp.where((cn > 0) & (bn > 0), cfg.primal_importance * cn / jnp.where(bn > 0, bn, 1.0),
-                           cfg.primal_importance)
+        omega0 = jnp.where(
+            (cn > 0) & (bn > 0), cfg.primal_importance * cn / jnp.where(bn > 0, bn, 1.0), cfg.primal_importance
+        )
     else:
         omega0 = jnp.asarray(cfg.primal_importance, dtype)
     smoothing = jnp.where(normQ > 0, cfg.primal_weight_update_smoothing, 0.5)
@@ -261,7 +269,8 @@ def _steps(su: _Setup, cfg: PdhgConfig):
             adaptive = s.k >= cfg.fixed_restart_frequency
         else:
             adaptive = (ratio < cfg.necessary_reduction_for_restart) & (
-                (ratio < cfg.sufficient_reduction_for_restart) | (ratio > s.last_ratio))
+                (ratio < cfg.sufficient_reduction_for_restart) | (ratio > s.last_ratio)
+            )
         artificial = s.k.astype(dtype) >= cfg.artificial_restart_threshold * s.it.astype(dtype)
         do = (s.k > 0) & (adaptive | artificial)
         cand = jax.tree_util.tree_map(lambda a, b_: jnp.where(to_avg, a, b_), s.avg, s.cur)
@@ -269,11 +278,24 @@ def _steps(su: _Setup, cfg: PdhgConfig):
         dy = jnp.linalg.norm(s.avg.y - s.last.y) if m else jnp.zeros((), dtype)
         tiny = jnp.finfo(dtype).eps
         ok = (dx > tiny) & (dy > tiny)
-        new_omega = jnp.where(ok, jnp.exp(su.smoothing * jnp.log(jnp.where(ok, dy / jnp.where(ok, dx, 1.0), 1.0))
-                                          + (1 - su.smoothing) * jnp.log(s.omega)), s.omega)
+        new_omega = jnp.where(
+            ok,
+            jnp.exp(
+                su.smoothing * jnp.log(jnp.where(ok, dy / jnp.where(ok, dx, 1.0), 1.0))
+                + (1 - su.smoothing) * jnp.log(s.omega)
+            ),
+            s.omega,
+        )
         zero = _zero_point(n, m, dtype)
-        restarted = s._replace(cur=cand, avg=zero, last=cand, k=jnp.zeros_like(s.k), wsum=jnp.zeros_like(s.wsum),
-                               omega=new_omega, last_ratio=ratio)
+        restarted = s._replace(
+            cur=cand,
+            avg=zero,
+            last=cand,
+            k=jnp.zeros_like(s.k),
+            wsum=jnp.zeros_like(s.wsum),
+            omega=new_omega,
+            last_ratio=ratio,
+        )
         return jax.tree_util.tree_map(lambda a, b_: jnp.where(do, a, b_), restarted, s)
 
     def check(s: _State) -> _State:
@@ -281,9 +303,15 @@ def _steps(su: _Setup, cfg: PdhgConfig):
         optimal = (ci[6] < cfg.eps_rel) & (ci[5] < cfg.eps_rel) & (ci[8] < cfg.eps_rel)
         finite = jnp.all(jnp.isfinite(s.avg.x)) & jnp.all(jnp.isfinite(s.avg.y))
         limit = s.it >= cfg.iteration_limit
-        status = jnp.where(optimal, int(TerminationStatus.OPTIMAL),
-                           jnp.where(~finite, int(TerminationStatus.NUMERICAL_ERROR),
-                                     jnp.where(limit, int(TerminationStatus.ITERATION_LIMIT), s.status)))
+        status = jnp.where(
+            optimal,
+            int(TerminationStatus.OPTIMAL),
+            jnp.where(
+                ~finite,
+                int(TerminationStatus.NUMERICAL_ERROR),
+                jnp.where(limit, int(TerminationStatus.ITERATION_LIMIT), s.status),
+            ),
+        )
         return s._replace(done=optimal | limit | ~finite, status=status.astype(jnp.int32), out=ci)
 
     return take_step, maybe_restart, check
@@ -306,10 +334,20 @@ def start(Q, c, A, b, l, u, eq, const, x0, y0, cfg: PdhgConfig) -> _State:
     y = jnp.asarray(y0, dtype) * su.E
     p0 = _Point(x, y, sp.A @ x, sp.A.T @ y, sp.Q @ x)
     nan = jnp.asarray(jnp.nan, dtype)
-    st = _State(cur=p0, avg=p0, last=p0, k=jnp.zeros((), jnp.int32), wsum=jnp.zeros((), dtype),
-                step=jnp.ones((), dtype), omega=su.omega0, last_ratio=jnp.ones((), dtype),
-                it=jnp.zeros((), jnp.int32), done=jnp.zeros((), bool),
-                status=jnp.asarray(int(TerminationStatus.UNSPECIFIED), jnp.int32), out=(nan,) * 9)
+    st = _State(
+        cur=p0,
+        avg=p0,
+        last=p0,
+        k=jnp.zeros((), jnp.int32),
+        wsum=jnp.zeros((), dtype),
+        step=jnp.ones((), dtype),
+        omega=su.omega0,
+        last_ratio=jnp.ones((), dtype),
+        it=jnp.zeros((), jnp.int32),
+        done=jnp.zeros((), bool),
+        status=jnp.asarray(int(TerminationStatus.UNSPECIFIED), jnp.int32),
+        out=(nan,) * 9,
+    )
     take_step, maybe_restart, _ = _steps(su, cfg)
     n_init = min(cfg.initial_iterations, max(cfg.iteration_limit, 0))
     return jax.lax.fori_loop(0, n_init, lambda i, s: take_step(maybe_restart(s)), st)
@@ -366,8 +404,16 @@ def _problem_arrays(problem):
     rhs = jnp.asarray(problem.right_hand_side)
     K = K.reshape(rhs.shape[-1], n)
     eq = jnp.asarray(problem.equalities_mask).astype(bool)
-    return (Q, c, K, rhs, jnp.asarray(problem.variable_lower_bound), jnp.asarray(problem.variable_upper_bound),
-            eq, jnp.asarray(problem.objective_constant))
+    return (
+        Q,
+        c,
+        K,
+        rhs,
+        jnp.asarray(problem.variable_lower_bound),
+        jnp.asarray(problem.variable_upper_bound),
+        eq,
+        jnp.asarray(problem.objective_constant),
+    )
 
 
 @dataclasses.dataclass(eq=False)
@@ -416,16 +462,20 @@ class raPDHG:
     def config(self) -> PdhgConfig:
         """The static settings used by `solve_dense` (QP settings: smoothing 0.2 when Q ≠ 0, as MPAX)."""
         return PdhgConfig(
-            eps_abs=float(self.eps_abs), eps_rel=float(self.eps_rel), iteration_limit=int(self.iteration_limit),
+            eps_abs=float(self.eps_abs),
+            eps_rel=float(self.eps_rel),
+            iteration_limit=int(self.iteration_limit),
             termination_evaluation_frequency=int(self.termination_evaluation_frequency),
-            optimality_norm=float(self.optimality_norm), l_inf_ruiz_iterations=int(self.l_inf_ruiz_iterations),
+            optimality_norm=float(self.optimality_norm),
+            l_inf_ruiz_iterations=int(self.l_inf_ruiz_iterations),
             l2_norm_rescaling=bool(self.l2_norm_rescaling),
             pock_chambolle_alpha=None if self.pock_chambolle_alpha is None else float(self.pock_chambolle_alpha),
             primal_importance=float(self.primal_importance),
             scale_invariant_initial_primal_weight=bool(self.scale_invariant_initial_primal_weight),
             restart_to_current=int(self.restart_to_current_metric) == 2,
-            fixed_restart_frequency=int(self.restart_frequency_if_fixed) if int(self.restart_scheme) == 2 else (
-                2**31 - 1 if int(self.restart_scheme) == 1 else 0),
+            fixed_restart_frequency=int(self.restart_frequency_if_fixed)
+            if int(self.restart_scheme) == 2
+            else (2**31 - 1 if int(self.restart_scheme) == 1 else 0),
             artificial_restart_threshold=float(self.artificial_restart_threshold),
             sufficient_reduction_for_restart=float(self.sufficient_reduction_for_restart),
             necessary_reduction_for_restart=float(self.necessary_reduction_for_restart),
@@ -446,10 +496,19 @@ class raPDHG:
         t0 = timeit.default_timer()
         x, y, status, its, ci = _solve_jit(Q, c, K, rhs, l, u, eq, const, x0, y0, self.config())
         return SaddlePointOutput(
-            primal_solution=x, dual_solution=y, termination_status=status, iteration_count=its,
-            primal_objective=ci[0], dual_objective=ci[1], corrected_dual_objective=ci[2],
-            primal_residual_norm=ci[3], dual_residual_norm=ci[4], relative_primal_residual_norm=ci[5],
-            relative_dual_residual_norm=ci[6], absolute_optimality_gap=ci[7], relative_optimality_gap=ci[8],
+            primal_solution=x,
+            dual_solution=y,
+            termination_status=status,
+            iteration_count=its,
+            primal_objective=ci[0],
+            dual_objective=ci[1],
+            corrected_dual_objective=ci[2],
+            primal_residual_norm=ci[3],
+            dual_residual_norm=ci[4],
+            relative_primal_residual_norm=ci[5],
+            relative_dual_residual_norm=ci[6],
+            absolute_optimality_gap=ci[7],
+            relative_optimality_gap=ci[8],
             timing_info={"Iteration loop": timeit.default_timer() - t0},
         )
 

@@ -34,6 +34,7 @@ consistent (the right-hand side lies in the range of H_FF), so CG converges to a
 pᵀHp ≤ 0 stops the row); "direct": if a row's Cholesky fails, it is refactored with a jitter of
 1e-6, 1e-5, 1e-4, 1e-3 · mean(diag H) added to the diagonal (the first that succeeds).
 """
+
 from __future__ import annotations
 
 import math
@@ -83,9 +84,9 @@ class AutoDampResult(NamedTuple):
     result: RowSolveResult
     damp: float
     grid: tuple
-    val_errors: tuple       # trace(ΔW H_val ΔWᵀ) per grid value (estimated on `rows_used` rows, scaled to all
-                            # rows); None where the scan stopped before that value
-    val_error: float        # trace(ΔW H_val ΔWᵀ) of the returned weights (all rows)
+    val_errors: tuple  # trace(ΔW H_val ΔWᵀ) per grid value (estimated on `rows_used` rows, scaled to all
+    # rows); None where the scan stopped before that value
+    val_error: float  # trace(ΔW H_val ΔWᵀ) of the returned weights (all rows)
     rows_used: int
 
 
@@ -116,12 +117,12 @@ def _exact_batch(Hd, mean_diag, W, free, fixed_delta, idx, valid):
     """Direct solve for B rows. Hd (n,n) damped H; W, free, fixed_delta (B,n); idx, valid (B,k)."""
     del W
     B, k = idx.shape
-    G = fixed_delta @ Hd                                      # (B, n): (H Δ₀) per row
-    rhs = -jnp.take_along_axis(G, idx, axis=1) * valid        # (B, k)
+    G = fixed_delta @ Hd  # (B, n): (H Δ₀) per row
+    rhs = -jnp.take_along_axis(G, idx, axis=1) * valid  # (B, k)
     vv = valid[:, :, None] & valid[:, None, :]
     Hg = jnp.where(vv, Hd[idx[:, :, None], idx[:, None, :]], 0.0)
     eye = jnp.eye(k, dtype=Hd.dtype)
-    Hg = Hg + eye * jnp.where(valid, 0.0, 1.0)[:, None, :]   # identity on padding
+    Hg = Hg + eye * jnp.where(valid, 0.0, 1.0)[:, None, :]  # identity on padding
 
     def factor(jit_):
         A = Hg + eye * (jit_ * mean_diag * valid)[:, None, :]
@@ -140,7 +141,7 @@ def _exact_batch(Hd, mean_diag, W, free, fixed_delta, idx, valid):
 
     z = solve(rhs)
     r = rhs - jnp.einsum("bij,bj->bi", Hg, z)
-    z = z + solve(r)                                         # one step of iterative refinement
+    z = z + solve(r)  # one step of iterative refinement
     r = rhs - jnp.einsum("bij,bj->bi", Hg, z)
     nrm = lambda v: jnp.max(jnp.abs(v), axis=-1)
     hn = jnp.max(jnp.sum(jnp.abs(Hg), axis=-1), axis=-1)
@@ -155,7 +156,7 @@ def _pcg_batch(Hs, s, Pinv, max_iter, rtol, W, free, fixed_delta, y0):
     """Masked PCG for B rows (see `optima_jax.qp.pcg`): scaled Hs, s, preconditioner Pinv (n,n) shared."""
     del W
     y, it1, _ = _pcg.pcg(Hs, y0, free, rtol=rtol, max_iter=max_iter, precond=Pinv)
-    y, it2, _ = _pcg.pcg(Hs, y, free, rtol=rtol, max_iter=max_iter, precond=Pinv)   # refinement restart
+    y, it2, _ = _pcg.pcg(Hs, y, free, rtol=rtol, max_iter=max_iter, precond=Pinv)  # refinement restart
     f = free.astype(y.dtype)
     b = -_pcg._mm(y * (1.0 - f), Hs) * f
     r = -_pcg._mm(y, Hs) * f
@@ -172,12 +173,21 @@ def _row_qp(Hd, free, fixed_delta):
     n = Hd.shape[0]
     lo = jnp.where(free, -jnp.inf, fixed_delta)
     hi = jnp.where(free, jnp.inf, fixed_delta)
-    return (Hd, jnp.zeros((n,), Hd.dtype), jnp.zeros((0, n), Hd.dtype), jnp.zeros((0,), Hd.dtype), lo, hi,
-            jnp.zeros((0,), bool), 0.0)
+    return (
+        Hd,
+        jnp.zeros((n,), Hd.dtype),
+        jnp.zeros((0, n), Hd.dtype),
+        jnp.zeros((0,), Hd.dtype),
+        lo,
+        hi,
+        jnp.zeros((0,), bool),
+        0.0,
+    )
 
 
 def _rows_map(fn, mesh, axis_name):
     """fn(Hd, *row_args) vmapped over rows; with a mesh, rows are split over `axis_name` by shard_map."""
+
     def local(Hd, *rows):
         return jax.vmap(lambda *r: fn(Hd, *r))(*rows)
 
@@ -187,10 +197,11 @@ def _rows_map(fn, mesh, axis_name):
 
     def sharded(Hd, *rows):
         return _shard_map(local, mesh, (P(),) + (P(axis_name),) * len(rows), P(axis_name))(Hd, *rows)
+
     return sharded
 
 
-_ROW_QPS = {"rapdhg": _paper.row_problem, "rapdhg_sum": _row_qp}   # method -> one row's QP builder
+_ROW_QPS = {"rapdhg": _paper.row_problem, "rapdhg_sum": _row_qp}  # method -> one row's QP builder
 
 
 @partial(jax.jit, static_argnames=("cfg", "form", "mesh", "axis_name"))
@@ -200,6 +211,7 @@ def _pdhg_start(Hd, free, fixed_delta, x0, *, cfg, form, mesh, axis_name):
     def one(H, f, d, x):
         prob = row_qp(H, f, d)
         return _pdhg.start(*prob, x, jnp.zeros(prob[3].shape, H.dtype), cfg)
+
     return _rows_map(one, mesh, axis_name)(Hd, free, fixed_delta, x0)
 
 
@@ -207,7 +219,8 @@ def _pdhg_start(Hd, free, fixed_delta, x0, *, cfg, form, mesh, axis_name):
 def _pdhg_advance(Hd, free, fixed_delta, state, until, *, cfg, form, mesh, axis_name):
     row_qp = _ROW_QPS[form]
     return _rows_map(lambda H, f, d, st, u: _pdhg.advance(*row_qp(H, f, d), st, cfg, u), mesh, axis_name)(
-        Hd, free, fixed_delta, state, until)
+        Hd, free, fixed_delta, state, until
+    )
 
 
 @partial(jax.jit, static_argnames=("cfg", "form", "mesh", "axis_name"))
@@ -218,6 +231,7 @@ def _pdhg_finish(Hd, free, fixed_delta, state, *, cfg, form, mesh, axis_name):
         x, _, status, its, ci = _pdhg.finish(*row_qp(H, f, d), st, cfg)
         res = jnp.maximum(jnp.maximum(ci[5], ci[6]), ci[8])
         return jnp.where(f, x, d), res, its.astype(jnp.int32), status == int(TerminationStatus.OPTIMAL)
+
     return _rows_map(one, mesh, axis_name)(Hd, free, fixed_delta, state)
 
 
@@ -230,8 +244,7 @@ def _bucket(k: int, pool: int, ndev: int) -> int:
     return min(b, pool) * ndev
 
 
-def _rapdhg_rows(Hd, cfg: PdhgConfig, free, fixed_delta, x0, *, form: str, pool: int, segment: int, mesh,
-                 axis_name):
+def _rapdhg_rows(Hd, cfg: PdhgConfig, free, fixed_delta, x0, *, form: str, pool: int, segment: int, mesh, axis_name):
     """raPDHG for all rows, a pool of `pool` rows (per device) at a time, run in segments of `segment`
     iterations. Between segments the finished rows are collected and their slots refilled with waiting
     rows, or, once none wait, the batch shrinks to the live rows; so the batch never runs on behind its
@@ -244,9 +257,9 @@ def _rapdhg_rows(Hd, cfg: PdhgConfig, free, fixed_delta, x0, *, form: str, pool:
     kw = dict(cfg=cfg, form=form, mesh=mesh, axis_name=axis_name)
     delta = np.zeros((R, n), np.float32)
     res, its, ok = np.zeros(R, np.float32), np.zeros(R, np.int32), np.zeros(R, bool)
-    slot_row = np.full(0, -1)          # row id held by each slot of the batch (-1: empty)
+    slot_row = np.full(0, -1)  # row id held by each slot of the batch (-1: empty)
     state = None
-    nxt = 0                            # next row waiting to start
+    nxt = 0  # next row waiting to start
 
     def inputs(ids):
         ids = np.where(ids >= 0, ids, 0)
@@ -256,15 +269,15 @@ def _rapdhg_rows(Hd, cfg: PdhgConfig, free, fixed_delta, x0, *, form: str, pool:
         live = np.flatnonzero(slot_row >= 0)
         waiting = R - nxt
         size = _bucket(len(live) + waiting, pool, ndev)
-        if state is None or size != len(slot_row):            # (re)build the batch: live rows first
+        if state is None or size != len(slot_row):  # (re)build the batch: live rows first
             keep = np.concatenate([live, np.full(size - len(live), live[0] if len(live) else 0)])
             if state is not None:
                 idx = jnp.asarray(keep)
                 state = jax.tree_util.tree_map(lambda a: a[idx], state)
-                state = state._replace(done=state.done.at[len(live):].set(True))
+                state = state._replace(done=state.done.at[len(live) :].set(True))
             slot_row = np.concatenate([slot_row[live], np.full(size - len(live), -1)])
         empty = np.flatnonzero(slot_row < 0)
-        if waiting and len(empty):                             # start waiting rows in the empty slots
+        if waiting and len(empty):  # start waiting rows in the empty slots
             take = empty[:waiting]
             ids = np.arange(nxt, nxt + len(take))
             nxt += len(take)
@@ -273,11 +286,10 @@ def _rapdhg_rows(Hd, cfg: PdhgConfig, free, fixed_delta, x0, *, form: str, pool:
             f, d = inputs(pad)
             new = _pdhg_start(Hd, f, d, jnp.asarray(x0[pad]), **kw)
             if state is None:
-                state = jax.tree_util.tree_map(
-                    lambda a: jnp.broadcast_to(a[:1], (len(slot_row),) + a.shape[1:]), new)
+                state = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a[:1], (len(slot_row),) + a.shape[1:]), new)
                 state = state._replace(done=jnp.ones_like(state.done))
             sl = jnp.asarray(take)
-            state = jax.tree_util.tree_map(lambda a, b: a.at[sl].set(b[:len(take)]), state, new)
+            state = jax.tree_util.tree_map(lambda a, b: a.at[sl].set(b[: len(take)]), state, new)
             slot_row[take] = ids
         f, d = inputs(slot_row)
         state = _pdhg_advance(Hd, f, d, state, state.it + segment, **kw)
@@ -351,8 +363,8 @@ class SharedPreconditioner(NamedTuple):
     """An "inverse" preconditioner built once (`shared_preconditioner`) and reused by several exact solves
     of the same H at other damps (auto damping's grid)."""
 
-    Pinv: jax.Array     # (n, n) (Ĥ_r + ρI)⁻¹ in the reference scaling
-    s: jax.Array        # (n,) the reference scaling diag(S_r)
+    Pinv: jax.Array  # (n, n) (Ĥ_r + ρI)⁻¹ in the reference scaling
+    s: jax.Array  # (n,) the reference scaling diag(S_r)
 
 
 def shared_preconditioner(H, damp: float = 0.0, precond_rho: float = 1e-3) -> SharedPreconditioner:
@@ -364,8 +376,7 @@ def shared_preconditioner(H, damp: float = 0.0, precond_rho: float = 1e-3) -> Sh
     mean_diag = float(diag.mean()) if len(diag) else 0.0
     lam = float(damp) * (mean_diag if mean_diag > 0 else 1.0)
     Hd = Hn + np.float32(lam) * np.eye(len(diag), dtype=np.float32)
-    _, s, Pinv = _pcg_setup(jnp.asarray(Hd), jnp.asarray(diag <= 0), jnp.float32(precond_rho),
-                            preconditioner="inverse")
+    _, s, Pinv = _pcg_setup(jnp.asarray(Hd), jnp.asarray(diag <= 0), jnp.float32(precond_rho), preconditioner="inverse")
     return SharedPreconditioner(Pinv=Pinv, s=s)
 
 
@@ -428,6 +439,7 @@ def solve_rows(
         against idle slots).
     """
     from optima_jax.config import default_config
+
     run = default_config().solver
     method = run.method if method is None else method
     eps_abs = run.eps_abs if eps_abs is None else eps_abs
@@ -440,16 +452,23 @@ def solve_rows(
     if int(rapdhg_segment) < 1:
         raise OptimaError(f"rapdhg_segment must be ≥ 1, got {rapdhg_segment}" + (f" ({where})" if where else ""))
     if method not in ("exact", "direct", "rapdhg", "rapdhg_sum"):
-        raise OptimaError(f"unknown solve method {method!r}: use 'exact', 'direct', 'rapdhg' or 'rapdhg_sum'"
-                          + (f" ({where})" if where else ""))
+        raise OptimaError(
+            f"unknown solve method {method!r}: use 'exact', 'direct', 'rapdhg' or 'rapdhg_sum'"
+            + (f" ({where})" if where else "")
+        )
     if method == "rapdhg" and not (isinstance(n_tokens, (int, np.integer)) and n_tokens >= 1):
-        raise OptimaError("method='rapdhg' solves the paper's QP on the mean covariance H / n_tokens: pass n_tokens, "
-                          f"the number of tokens summed into H (got {n_tokens!r})" + (f" ({where})" if where else ""))
+        raise OptimaError(
+            "method='rapdhg' solves the paper's QP on the mean covariance H / n_tokens: pass n_tokens, "
+            f"the number of tokens summed into H (got {n_tokens!r})" + (f" ({where})" if where else "")
+        )
     if preconditioner not in ("inverse", "jacobi"):
-        raise OptimaError(f"unknown preconditioner {preconditioner!r}: use 'inverse' or 'jacobi'"
-                          + (f" ({where})" if where else ""))
+        raise OptimaError(
+            f"unknown preconditioner {preconditioner!r}: use 'inverse' or 'jacobi'" + (f" ({where})" if where else "")
+        )
     if not (precond_rho > 0 and math.isfinite(precond_rho)):
-        raise OptimaError(f"precond_rho must be a finite number > 0, got {precond_rho}" + (f" ({where})" if where else ""))
+        raise OptimaError(
+            f"precond_rho must be a finite number > 0, got {precond_rho}" + (f" ({where})" if where else "")
+        )
     if damp < 0 or not math.isfinite(damp):
         raise OptimaError(f"damp must be a finite number ≥ 0, got {damp}" + (f" ({where})" if where else ""))
     Hn = np.asarray(H, np.float32)
@@ -492,12 +511,15 @@ def solve_rows(
     if method == "exact":
         if shared is not None:
             if tuple(shared.Pinv.shape) != (n, n):
-                raise OptimaError(f"shared preconditioner is {tuple(shared.Pinv.shape)}, H is {(n, n)}"
-                                  + (f" ({where})" if where else ""))
+                raise OptimaError(
+                    f"shared preconditioner is {tuple(shared.Pinv.shape)}, H is {(n, n)}"
+                    + (f" ({where})" if where else "")
+                )
             Hs, s, Pinv = _pcg_setup_shared(jnp.asarray(Hd), jnp.asarray(dead), shared.Pinv, shared.s)
         else:
-            Hs, s, Pinv = _pcg_setup(jnp.asarray(Hd), jnp.asarray(dead), jnp.float32(precond_rho),
-                                     preconditioner=preconditioner)
+            Hs, s, Pinv = _pcg_setup(
+                jnp.asarray(Hd), jnp.asarray(dead), jnp.float32(precond_rho), preconditioner=preconditioner
+            )
         x0 = np.zeros_like(Wp) if W_init is None else padr(np.asarray(W_init, np.float32) - Wn, 0.0)
         x0 = np.where(fp, x0, dp).astype(np.float32)
         y0 = jnp.asarray(x0) / s[None, :]
@@ -505,36 +527,62 @@ def solve_rows(
         pcg_args = (Hs, s, Pinv, jnp.int32(max_iter), jnp.float32(rtol))
         extra = (y0,)
     elif method == "direct":
-        order = np.argsort(~fp, axis=1, kind="stable")[:, :k]          # free indices first, in order
+        order = np.argsort(~fp, axis=1, kind="stable")[:, :k]  # free indices first, in order
         valid = np.take_along_axis(fp, order, axis=1)
         extra = (jnp.asarray(order.astype(np.int32)), jnp.asarray(valid))
     else:
-        if method == "rapdhg":     # the paper's Q: the mean covariance, from Δ = 0
+        if method == "rapdhg":  # the paper's Q: the mean covariance, from Δ = 0
             Q = Hd * np.float32(_paper.hessian_scale(int(n_tokens)))
             x0 = np.zeros_like(Wn)
         else:
             Q = Hd
             x0 = np.zeros_like(Wn) if W_init is None else np.asarray(W_init, np.float32) - Wn
             x0 = np.where(free, x0, fixed_delta).astype(np.float32)
-        cfg = PdhgConfig(eps_abs=float(eps_abs), eps_rel=float(eps_rel), iteration_limit=int(iteration_limit),
-                         continue_after_optimal=method == "rapdhg")    # MPAX's last block of steps
-        delta, res, its, ok = _rapdhg_rows(jnp.asarray(Q), cfg, free, fixed_delta, x0, form=method, pool=bs,
-                                           segment=int(rapdhg_segment), mesh=mesh, axis_name=axis_name)
+        cfg = PdhgConfig(
+            eps_abs=float(eps_abs),
+            eps_rel=float(eps_rel),
+            iteration_limit=int(iteration_limit),
+            continue_after_optimal=method == "rapdhg",
+        )  # MPAX's last block of steps
+        delta, res, its, ok = _rapdhg_rows(
+            jnp.asarray(Q),
+            cfg,
+            free,
+            fixed_delta,
+            x0,
+            form=method,
+            pool=bs,
+            segment=int(rapdhg_segment),
+            mesh=mesh,
+            axis_name=axis_name,
+        )
         delta, res, its, ok = (jnp.asarray(t) for t in (delta, res, its, ok))
-        if method == "rapdhg":     # the paper's bf16 write-back; Δ as actually applied
+        if method == "rapdhg":  # the paper's bf16 write-back; Δ as actually applied
             weight = _paper.cast_weights(jnp.asarray(Wn), delta, jnp.asarray(mask))
             delta = jnp.where(jnp.asarray(mask), weight - jnp.asarray(Wn), -jnp.asarray(Wn))
         obj = 0.5 * jnp.sum(jnp.matmul(delta, jnp.asarray(Hn), precision=_pcg.HI) * delta, axis=1)
     if method not in ("rapdhg", "rapdhg_sum"):
         delta, res, its, ok, obj = _solve_all(
-            jnp.asarray(Hd), jnp.asarray(Hn), jnp.float32(mean_diag), jnp.asarray(Wp), jnp.asarray(fp),
-            jnp.asarray(dp), extra, pcg_args, method=method, bs=bs, mesh=mesh, axis_name=axis_name)
+            jnp.asarray(Hd),
+            jnp.asarray(Hn),
+            jnp.float32(mean_diag),
+            jnp.asarray(Wp),
+            jnp.asarray(fp),
+            jnp.asarray(dp),
+            extra,
+            pcg_args,
+            method=method,
+            bs=bs,
+            mesh=mesh,
+            axis_name=axis_name,
+        )
         delta, res, its, ok, obj = (t[:R] for t in (delta, res, its, ok, obj))
     if method != "rapdhg":
         weight = jnp.where(jnp.asarray(mask), jnp.asarray(Wn) + delta, 0.0)
     converged = ok & (res <= rtol) if method in ("exact", "direct") else ok
-    return RowSolveResult(weight=weight, converged=converged, iterations=its, objective=obj, residual=res,
-                          damp_value=lam)
+    return RowSolveResult(
+        weight=weight, converged=converged, iterations=its, objective=obj, residual=res, damp_value=lam
+    )
 
 
 def validation_error(W_new, W_dense, H_val) -> float:
@@ -543,9 +591,20 @@ def validation_error(W_new, W_dense, H_val) -> float:
     return float(np.sum((d @ np.asarray(H_val, np.float64)) * d))
 
 
-def auto_damp_solve(H, W, keep_mask, H_val, grid: Sequence[float] | None = None, *,
-                    row_fraction: float = 0.0625, min_rows: int = 32, seed: int = 0, grid_rtol: float = 1e-3,
-                    early_stop: bool = True, **solver_kw) -> AutoDampResult:
+def auto_damp_solve(
+    H,
+    W,
+    keep_mask,
+    H_val,
+    grid: Sequence[float] | None = None,
+    *,
+    row_fraction: float = 0.0625,
+    min_rows: int = 32,
+    seed: int = 0,
+    grid_rtol: float = 1e-3,
+    early_stop: bool = True,
+    **solver_kw,
+) -> AutoDampResult:
     """Pick the damp with the lowest validation error trace(ΔW H_val ΔWᵀ), then solve all rows with it.
 
     Rows are independent problems and the validation error is a sum over rows, so the grid is scored
@@ -559,18 +618,23 @@ def auto_damp_solve(H, W, keep_mask, H_val, grid: Sequence[float] | None = None,
     warm-started from the grid. solver_kw: passed to `solve_rows` (method, rtol, memory_budget_bytes, ...).
     """
     from optima_jax.config import default_config
+
     run = default_config().solver
-    grid = run.auto_damp_grid if grid is None else grid     # None: the run default, solver.auto_damp_grid
+    grid = run.auto_damp_grid if grid is None else grid  # None: the run default, solver.auto_damp_grid
     where = solver_kw.get("where", "")
-    Hv = np.asarray(H_val, np.float64)      # converted once: every validation_error below reuses it
+    Hv = np.asarray(H_val, np.float64)  # converted once: every validation_error below reuses it
     if Hv.shape != np.shape(H):
-        raise OptimaError(f"H_val shape {Hv.shape} differs from H shape {np.shape(H)}" + (f" ({where})" if where else ""))
+        raise OptimaError(
+            f"H_val shape {Hv.shape} differs from H shape {np.shape(H)}" + (f" ({where})" if where else "")
+        )
     if not np.all(np.isfinite(Hv)):
         raise OptimaError("H_val has non-finite entries" + (f" ({where})" if where else ""))
     if len(grid) == 0:
         raise OptimaError("auto_damp_solve needs a non-empty damp grid" + (f" ({where})" if where else ""))
     if any(not (g >= 0 and math.isfinite(g)) for g in grid):
-        raise OptimaError(f"damp grid values must be finite and ≥ 0, got {tuple(grid)}" + (f" ({where})" if where else ""))
+        raise OptimaError(
+            f"damp grid values must be finite and ≥ 0, got {tuple(grid)}" + (f" ({where})" if where else "")
+        )
     _validate(H, W, keep_mask, where)
     Wn = np.asarray(W, np.float32)
     mask = np.asarray(keep_mask)
@@ -584,11 +648,19 @@ def auto_damp_solve(H, W, keep_mask, H_val, grid: Sequence[float] | None = None,
     own_setup = (kw.get("method") or run.method) == "exact" and kw.get("preconditioner", "inverse") == "inverse"
     prev = None if init is None else np.asarray(init, np.float32)[rows]
     errs = [None] * len(grid)
-    best = None                      # (error, grid index, result on the subset, preconditioner)
+    best = None  # (error, grid index, result on the subset, preconditioner)
     for gi in sorted(range(len(grid)), key=lambda i: -grid[i]):
         pre = shared_preconditioner(H, grid[gi], kw.get("precond_rho", 1e-3)) if own_setup else None
-        r = solve_rows(H, Wn[rows], mask[rows], damp=grid[gi], W_init=prev,
-                       rtol=final_rtol if m == R else min(grid_rtol, final_rtol), shared=pre, **kw)
+        r = solve_rows(
+            H,
+            Wn[rows],
+            mask[rows],
+            damp=grid[gi],
+            W_init=prev,
+            rtol=final_rtol if m == R else min(grid_rtol, final_rtol),
+            shared=pre,
+            **kw,
+        )
         prev = np.asarray(r.weight)
         errs[gi] = validation_error(prev, Wn[rows], Hv) * (R / m)
         if best is None or errs[gi] < best[0]:
@@ -602,5 +674,11 @@ def auto_damp_solve(H, W, keep_mask, H_val, grid: Sequence[float] | None = None,
         start = np.where(mask, Wn, 0.0).astype(np.float32) if init is None else np.array(init, np.float32)
         start[rows] = np.asarray(sub.weight)
         final = solve_rows(H, Wn, mask, damp=grid[bi], W_init=start, rtol=final_rtol, shared=pre, **kw)
-    return AutoDampResult(result=final, damp=grid[bi], grid=grid, val_errors=tuple(errs),
-                          val_error=validation_error(final.weight, Wn, Hv), rows_used=m)
+    return AutoDampResult(
+        result=final,
+        damp=grid[bi],
+        grid=grid,
+        val_errors=tuple(errs),
+        val_error=validation_error(final.weight, Wn, Hv),
+        rows_used=m,
+    )

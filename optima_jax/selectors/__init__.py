@@ -9,6 +9,7 @@ exactly zero).
 
 Registered names: "magnitude", "wanda", "sparsegpt", "thanos", "external".
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -91,7 +92,8 @@ def check_inputs(W, stats: LinearStats, spec, where: str = "layer"):
         if tuple(stats.H.shape) != (n_in, n_in):
             raise SelectorError(
                 f"{where}: Hessian shape {tuple(stats.H.shape)} does not match weight shape {tuple(W.shape)} "
-                f"(expected ({n_in}, {n_in}))")
+                f"(expected ({n_in}, {n_in}))"
+            )
     spec.validate_for(n_in, where)
     W = jnp.asarray(W)
     if not jnp.issubdtype(W.dtype, jnp.floating):
@@ -119,7 +121,12 @@ from optima_jax.selectors import thanos as _thanos  # noqa: E402,F401
 from optima_jax.selectors import external as _external  # noqa: E402,F401
 
 __all__ = [
-    "LinearStats", "SelectionResult", "SELECTORS", "register_selector", "get_selector", "SelectorError",
-    "check_inputs", "check_block_args",
+    "LinearStats",
+    "SelectionResult",
+    "SELECTORS",
+    "register_selector",
+    "get_selector",
+    "SelectorError",
+    "check_inputs",
+    "check_block_args",
 ]
-

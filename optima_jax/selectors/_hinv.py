@@ -1,4 +1,5 @@
 """Shared OBS preliminaries of SparseGPT and Thanos (float32 unless given float64)."""
+
 from __future__ import annotations
 
 import jax

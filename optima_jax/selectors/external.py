@@ -9,6 +9,7 @@ Selector use: ``get_selector("external")(W, stats, spec, mask=keep)`` or
 ``(..., path="masks.safetensors", name="model.layers.3.mlp.down_proj.weight")``.
 The weight returned is ``W * keep`` (no update of its own).
 """
+
 from __future__ import annotations
 
 import os
@@ -68,8 +69,9 @@ def load_masks(path: str, names=None, shapes: Mapping[str, tuple] | None = None)
         if a.ndim != 2:
             raise SelectorError(f"{path}: mask {k!r} must be 2-D (out, in), got shape {a.shape}")
         if shapes is not None and k in shapes and tuple(a.shape) != tuple(shapes[k]):
-            raise SelectorError(f"{path}: mask {k!r} has shape {tuple(a.shape)} but the weight has shape "
-                                f"{tuple(shapes[k])}")
+            raise SelectorError(
+                f"{path}: mask {k!r} has shape {tuple(a.shape)} but the weight has shape {tuple(shapes[k])}"
+            )
         res[k] = a != 0
     return res
 
@@ -94,8 +96,9 @@ def check_mask_file(path: str) -> None:
 
 
 @register_selector("external")
-def external(W, stats, spec, *, mask=None, path: str | None = None, name: str | None = None,
-             where: str | None = None) -> SelectionResult:
+def external(
+    W, stats, spec, *, mask=None, path: str | None = None, name: str | None = None, where: str | None = None
+) -> SelectionResult:
     """Apply a given keep mask (``mask=`` array, or ``path=`` + ``name=``) to W (out, in)."""
     where = where or name or "layer"
     W, spec = check_inputs(W, stats, spec, where)

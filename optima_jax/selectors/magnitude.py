@@ -6,6 +6,7 @@ over the whole matrix (the classic layer-wise magnitude baseline, as in Wanda's 
 exactly floor(out*in*ratio) entries, whereas Wanda's ``W_metric <= thresh`` removes one more).
 N:M: the M-N smallest |W| of every group of M consecutive inputs are removed.
 """
+
 from __future__ import annotations
 
 import jax.numpy as jnp

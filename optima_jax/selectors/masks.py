@@ -3,6 +3,7 @@
 Ties are broken by position (stable sort, lower index removed first), as the reference codes'
 ``torch.sort(..., stable=True)`` does.
 """
+
 from __future__ import annotations
 
 from functools import partial

@@ -24,6 +24,7 @@ Choices (documented deviations, all switchable):
   floor(in*ratio) whenever 128*ratio is an integer, e.g. 0.5, 0.75).
 * ties: stable order (lower index removed first).
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -52,7 +53,7 @@ def _process_block(W, U, prune_all, err_sq, i1, count, *, kind, ratio, n, m, mas
         k = int(count * ratio) if mask_scope == "row" else int(count * out * ratio)
         if off_by_one:
             k += 1
-        prune = _block_prune_unstructured(W1 ** 2 / (d ** 2)[None, :], k, mask_scope)
+        prune = _block_prune_unstructured(W1**2 / (d**2)[None, :], k, mask_scope)
         gs = 1
     else:
         prune = jnp.zeros(W1.shape, bool)
@@ -65,7 +66,7 @@ def _process_block(W, U, prune_all, err_sq, i1, count, *, kind, ratio, n, m, mas
         if kind == "nm":
             blk = lax.dynamic_slice(W1, (0, c0), (out, m))
             dd = lax.dynamic_slice(d, (c0,), (m,))
-            pg = _ranks(blk ** 2 / (dd ** 2)[None, :]) < (m - n)
+            pg = _ranks(blk**2 / (dd**2)[None, :]) < (m - n)
             prune = lax.dynamic_update_slice(prune, pg, (0, c0))
         for j in range(gs):
             i = c0 + j
@@ -80,7 +81,7 @@ def _process_block(W, U, prune_all, err_sq, i1, count, *, kind, ratio, n, m, mas
 
     W1, Err1, prune = lax.fori_loop(0, count // gs, group_step, (W1, Err1, prune))
     W1 = jnp.where(prune, 0, W1)
-    err_sq = err_sq + jnp.sum(Err1 ** 2, axis=1) / 2
+    err_sq = err_sq + jnp.sum(Err1**2, axis=1) / 2
     W = lax.dynamic_update_slice(W, W1, (0, i1))
     prune_all = lax.dynamic_update_slice(prune_all, prune, (0, i1))
     # lazy batch update of all later columns: W[:, i2:] -= Err1 @ U[i1:i2, i2:]
@@ -111,12 +112,22 @@ def _fori_blocks(W, U, prune_all, err_sq, nfull, blocksize, kw):
     def body(b, carry):
         W, prune_all, err_sq = carry
         return _process_block(W, U, prune_all, err_sq, b * blocksize, blocksize, **kw)
+
     return lax.fori_loop(0, nfull, body, (W, prune_all, err_sq))
 
 
 @register_selector("sparsegpt")
-def sparsegpt(W, stats, spec, *, blocksize: int = 128, percdamp: float = 0.01, mask_scope: str = "row",
-              reference_off_by_one: bool = False, where: str = "layer") -> SelectionResult:
+def sparsegpt(
+    W,
+    stats,
+    spec,
+    *,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+    mask_scope: str = "row",
+    reference_off_by_one: bool = False,
+    where: str = "layer",
+) -> SelectionResult:
     """W (out, in) float32, stats.H (in, in). Returns SparseGPT's mask and its OBS-updated weights.
 
     info["obs_loss"]: (out,) Σ (w-q)²/U_ii² / 2 per row, as the reference's ``Losses``.
@@ -124,9 +135,19 @@ def sparsegpt(W, stats, spec, *, blocksize: int = 128, percdamp: float = 0.01, m
     W, spec = check_inputs(W, stats, spec, where)
     check_block_args("sparsegpt", spec, blocksize, mask_scope, ("row", "block"), where)
     Wn, keep, losses, ok = _sparsegpt_core(
-        W, jnp.asarray(stats.H), percdamp, kind=spec.kind, ratio=float(spec.ratio), n=spec.n, m=spec.m,
-        blocksize=int(blocksize), mask_scope=mask_scope, off_by_one=bool(reference_off_by_one))
+        W,
+        jnp.asarray(stats.H),
+        percdamp,
+        kind=spec.kind,
+        ratio=float(spec.ratio),
+        n=spec.n,
+        m=spec.m,
+        blocksize=int(blocksize),
+        mask_scope=mask_scope,
+        off_by_one=bool(reference_off_by_one),
+    )
     if not bool(ok):
-        raise SelectorError(f"{where}: sparsegpt Cholesky of the damped Hessian failed (non-finite); "
-                            f"increase percdamp (now {percdamp})")
+        raise SelectorError(
+            f"{where}: sparsegpt Cholesky of the damped Hessian failed (non-finite); increase percdamp (now {percdamp})"
+        )
     return SelectionResult(keep, Wn, {"selector": "sparsegpt", "obs_loss": losses})

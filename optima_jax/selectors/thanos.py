@@ -22,6 +22,7 @@ Choices: damping and dead inputs as SparseGPT (percdamp = 0.01 of mean(diag H); 
 W[:, i]=0); stable ties (lower index removed first); per-row solves batched with identity padding
 (rows are processed in chunks of ``row_chunk`` to bound memory to row_chunk·B² floats).
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -55,8 +56,8 @@ def _block(W, U, sq, prune_all, i1, count, *, kind, k_row, k_layer, n, m, mask_s
         sel = sel & in_block[None, :]
         pb = lax.dynamic_slice(sel, (0, i1), (out, count))
     Ub = lax.dynamic_slice(U, (i1, i1), (count, count))
-    Urows = lax.dynamic_slice(U, (i1, 0), (count, cols))          # zero left of i1 (upper triangular)
-    Hrows = mm(Ub.T, Urows)                                        # Hr^-1[block, :], (count, cols)
+    Urows = lax.dynamic_slice(U, (i1, 0), (count, cols))  # zero left of i1 (upper triangular)
+    Hrows = mm(Ub.T, Urows)  # Hr^-1[block, :], (count, cols)
     Hbb = lax.dynamic_slice(Hrows, (0, i1), (count, count))
     Wb = lax.dynamic_slice(W, (0, i1), (out, count))
     eye = jnp.eye(count, dtype=W.dtype)
@@ -72,8 +73,9 @@ def _block(W, U, sq, prune_all, i1, count, *, kind, k_row, k_layer, n, m, mask_s
     # chunk 1024), e.g. SmolLM2's gate_proj (1536 rows).
     chunk = min(row_chunk, out)
     pad = (-out) % chunk
-    X = lax.map(solve_row, (jnp.pad(pb, ((0, pad), (0, 0))), jnp.pad(Wb, ((0, pad), (0, 0)))),
-                batch_size=chunk)[:out]                               # (out, count), zero off q
+    X = lax.map(solve_row, (jnp.pad(pb, ((0, pad), (0, 0))), jnp.pad(Wb, ((0, pad), (0, 0)))), batch_size=chunk)[
+        :out
+    ]  # (out, count), zero off q
     W = W - mm(X, Hrows)
     prune_all = lax.dynamic_update_slice(prune_all, pb, (0, i1))
     W = jnp.where(prune_all, 0, W)
@@ -89,8 +91,10 @@ def _thanos_core(W, H, percdamp, *, kind, k_row, k_layer, n, m, blocksize, mask_
     kw = dict(kind=kind, k_row=k_row, k_layer=k_layer, n=n, m=m, mask_scope=mask_scope, row_chunk=row_chunk)
     nfull = cols // blocksize
     if nfull > 0:
+
         def body(b, carry):
             return _block(carry[0], U, sq, carry[1], b * blocksize, blocksize, **kw)
+
         W, prune_all = lax.fori_loop(0, nfull, body, (W, prune_all))
     tail = cols - nfull * blocksize
     if tail:
@@ -100,18 +104,38 @@ def _thanos_core(W, H, percdamp, *, kind, k_row, k_layer, n, m, blocksize, mask_
 
 
 @register_selector("thanos")
-def thanos(W, stats, spec, *, blocksize: int = 128, percdamp: float = 0.01, mask_scope: str = "row",
-           row_chunk: int = 1024, where: str = "layer") -> SelectionResult:
+def thanos(
+    W,
+    stats,
+    spec,
+    *,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+    mask_scope: str = "row",
+    row_chunk: int = 1024,
+    where: str = "layer",
+) -> SelectionResult:
     """W (out, in) float32, stats.H (in, in). Returns Thanos's mask and its block-wise updated weights."""
     W, spec = check_inputs(W, stats, spec, where)
     check_block_args("thanos", spec, blocksize, mask_scope, ("row", "layer"), where)
     out, cols = W.shape
     k_row = spec.expected_pruned_per_row(cols)
     k_layer = int(out * cols * spec.ratio) if spec.kind == "unstructured" else 0
-    Wn, keep, ok = _thanos_core(W, jnp.asarray(stats.H), percdamp, kind=spec.kind, k_row=k_row, k_layer=k_layer,
-                                n=spec.n, m=spec.m, blocksize=int(blocksize), mask_scope=mask_scope,
-                                row_chunk=int(row_chunk))
+    Wn, keep, ok = _thanos_core(
+        W,
+        jnp.asarray(stats.H),
+        percdamp,
+        kind=spec.kind,
+        k_row=k_row,
+        k_layer=k_layer,
+        n=spec.n,
+        m=spec.m,
+        blocksize=int(blocksize),
+        mask_scope=mask_scope,
+        row_chunk=int(row_chunk),
+    )
     if not bool(ok):
-        raise SelectorError(f"{where}: thanos Cholesky of the damped Hessian failed (non-finite); "
-                            f"increase percdamp (now {percdamp})")
+        raise SelectorError(
+            f"{where}: thanos Cholesky of the damped Hessian failed (non-finite); increase percdamp (now {percdamp})"
+        )
     return SelectionResult(keep, Wn, {"selector": "thanos", "mask_scope": mask_scope})

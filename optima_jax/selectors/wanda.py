@@ -10,6 +10,7 @@ zero weights) are all tied under the plain metric and would be removed in index 
 option ties among them are broken by |W| (smaller |W| removed first); they still rank below every
 entry with a positive metric.
 """
+
 from __future__ import annotations
 
 import jax.numpy as jnp

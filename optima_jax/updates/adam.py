@@ -11,6 +11,7 @@ mean(diag H)·out so that its scale does not depend on the layer (ADAM is nearly
 its epsilon is not). A run "diverged" if its final error is non-finite or larger than the starting one;
 if every run diverged the start is returned unchanged (info["fallback"] = True).
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -62,8 +63,9 @@ def _run(W_dense, keep, H, init, lrs, steps):
     return Vs, errs, recon_error(W_dense, init, H)
 
 
-def adam_update(W_dense, keep_mask, H, *, lrs=None, steps: int | None = None, init=None, damp: float = 0.0,
-                where: str = "layer"):
+def adam_update(
+    W_dense, keep_mask, H, *, lrs=None, steps: int | None = None, init=None, damp: float = 0.0, where: str = "layer"
+):
     """W_dense (out, in) float32, keep_mask bool (out, in), H (in, in) = Σ xᵀx. ``lrs`` / ``steps`` left as
     None are the run defaults (``default_config().adam``); ``damp`` 0 is the undamped objective.
 
@@ -73,6 +75,7 @@ def adam_update(W_dense, keep_mask, H, *, lrs=None, steps: int | None = None, in
     """
     if lrs is None or steps is None:
         from optima_jax.config import default_config
+
         run = default_config().adam
         lrs = tuple(run.lrs) if lrs is None else lrs
         steps = int(run.steps) if steps is None else steps
