@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
-import os
 import time
 from pathlib import Path
 
@@ -158,6 +157,7 @@ def main():
 
     from optima_jax import models
     from optima_jax import data, evaluate
+    from optima_jax.fileio import atomic_write_text
     from optima_jax.engine import run_sequential
     from optima_jax.pruner import make_pruner
     from optima_jax.sparsity import select_linears
@@ -285,9 +285,7 @@ def main():
             cell["prune_s"] = time.perf_counter() - t0
             cell["ppl"] = ppl_all(model)
             results["cells"].append(cell)
-            tmp = out.with_name(out.name + ".tmp")
-            tmp.write_text(json.dumps(results, indent=1, default=float))
-            os.replace(tmp, out)  # a run killed mid-write leaves the previous file whole
+            atomic_write_text(out, json.dumps(results, indent=1, default=float))  # a kill leaves the old file whole
             print(
                 f"{regime:>8} {row:<40} "
                 + "  ".join(f"{k}: {v:.3f}" for k, v in cell["ppl"].items())

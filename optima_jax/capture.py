@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from optima_jax.fileio import atomic_write
+
 
 class _Stop(Exception):
     pass
@@ -63,15 +65,13 @@ def capture_layers(
         res = inner(task)
         key = f"{task.block}.{task.name}"
         if key in paths:
-            tmp = paths[key].with_suffix(".tmp.npz")
-            np.savez(
-                tmp,
+            arrays = dict(
                 W=np.asarray(task.weight),
                 H=np.asarray(task.stats.H),
                 keep_mask=np.asarray(res.keep_mask),
                 n_tokens=task.stats.n_tokens,
             )
-            tmp.replace(paths[key])
+            atomic_write(paths[key], lambda f: np.savez(f, **arrays), binary=True)
         return res
 
     def done(d):

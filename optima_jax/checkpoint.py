@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from optima_jax.errors import OptimaError
-from optima_jax.fileio import atomic_write
+from optima_jax.fileio import atomic_write_text
 
 log = logging.getLogger("optima_jax.checkpoint")
 
@@ -71,11 +71,6 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
         else:
             out[name] = v
     return out
-
-
-def atomic_write_text(path: Path, text: str):
-    """Write `text` (UTF-8) to `path` atomically (see `optima_jax.fileio.atomic_write`)."""
-    atomic_write(path, lambda f: f.write(text))
 
 
 # ----------------------------------------------------------------------------- run identity

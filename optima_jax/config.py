@@ -365,7 +365,7 @@ def check_writable_dir(path: str, key: str) -> None:
 
     p = Path(path).expanduser().absolute()
     if p.exists() and not p.is_dir():
-        raise OptimaError(f"{key}: {p} exists and is not a directory")
+        raise OptimaError(f"{key}: {p} is an existing file, not a directory")
     base = p
     while not base.exists():
         base = base.parent

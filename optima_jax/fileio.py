@@ -50,3 +50,8 @@ def atomic_write(path: Path, write, binary: bool = False):
         except FileNotFoundError:
             pass
         raise
+
+
+def atomic_write_text(path: Path, text: str):
+    """Write `text` (UTF-8) to `path` atomically (see `atomic_write`)."""
+    atomic_write(path, lambda f: f.write(text))

