@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from optima_jax.models.config import SLIDING, ModelConfig
+from optima_jax.models.hf_names import LINEAR_NAMES
 
 
 def _act(name: str, x: jax.Array) -> jax.Array:
@@ -215,16 +216,7 @@ class DecoderLayer(nnx.Module):
             m = self.post_feedforward_layernorm(m)
         h = h + m
         if capture:
-            order = [
-                "self_attn.q_proj",
-                "self_attn.k_proj",
-                "self_attn.v_proj",
-                "self_attn.o_proj",
-                "mlp.gate_proj",
-                "mlp.up_proj",
-                "mlp.down_proj",
-            ]
-            return h, {k: inputs[k] for k in order}
+            return h, {k: inputs[k] for k in LINEAR_NAMES}
         return h
 
 

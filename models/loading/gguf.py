@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from optima_jax.errors import OptimaError
+from optima_jax.models.hf_names import LINEAR_NAMES
 from optima_jax.progress import bar, steps
 
 __all__ = ["GGUFError", "load_gguf", "gguf_config", "read_gguf_metadata", "SUPPORTED_GGUF_ARCHITECTURES"]
@@ -377,15 +378,7 @@ def load_gguf(
     if emb.shape[0] != cfg["vocab_size"]:
         raise GGUFError(f"{where}: token_embd has {emb.shape[0]} rows but vocab_size is {cfg['vocab_size']}")
     for i in range(cfg["num_hidden_layers"]):
-        for suffix in (
-            "self_attn.q_proj",
-            "self_attn.k_proj",
-            "self_attn.v_proj",
-            "self_attn.o_proj",
-            "mlp.gate_proj",
-            "mlp.up_proj",
-            "mlp.down_proj",
-        ):
+        for suffix in LINEAR_NAMES:
             if f"model.layers.{i}.{suffix}.weight" not in params:
                 raise GGUFError(f"{where}: missing tensor for model.layers.{i}.{suffix}.weight")
 
