@@ -163,7 +163,7 @@ def test_corrupted_progress_is_redone(ckpts, tmp_path):
 @pytest.mark.parametrize(
     "extra,needle",
     [
-        (["--config.no_such_key=1"], "unknown config key"),
+        (["--config.no_such_key=1"], "unknown setting 'no_such_key'"),
         (["--config.solver.damp=abc"], "damp"),
         (["--config.sparsity=1.5"], "sparsity"),
         (["--config.sparsity=4:4"], "4:4"),
