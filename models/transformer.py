@@ -5,6 +5,7 @@ Module attribute paths mirror HF tensor names, so ``nnx.state(model)`` flattens 
 ``lm_head.weight`` (absent when embeddings are tied).
 
 Precision follows transformers: matmuls in the compute dtype, RMSNorm statistics and softmax in float32.
+Attention (naive, blockwise flash-style, cuDNN) lives in :mod:`models.attention`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from optima_jax.models.attention import attend
 from optima_jax.models.config import SLIDING, ModelConfig
 from optima_jax.models.hf_names import LINEAR_NAMES
 
@@ -84,43 +86,6 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     """x [B, T, heads, head_dim]; cos/sin [B|1, T, head_dim]."""
     cos, sin = cos[:, :, None, :], sin[:, :, None, :]
     return x * cos + _rotate_half(x) * sin
-
-
-def attention_mask(t: int, window: int | None) -> jax.Array:
-    """bool [T, T], True where query q may attend key k: k <= q and (window is None or k > q - window)."""
-    q = jnp.arange(t)[:, None]
-    k = jnp.arange(t)[None, :]
-    m = k <= q
-    if window is not None:
-        m = m & (k > q - window)
-    return m
-
-
-def attend(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    scale: float | None,
-    softcap: float | None = None,
-    window: int | None = None,
-) -> jax.Array:
-    """Causal softmax attention. q [B, T, H, hd], k/v [B, T, KV, hd] -> [B, T, H * hd].
-
-    Scores ``q·k * scale`` in the compute dtype (``scale=None``: q is already scaled), optional soft-capping,
-    softmax in float32. Query head ``kv_head * (H // KV) + g`` reads kv head ``kv_head``, as HF ``repeat_kv``.
-    """
-    b, t, h, hd = q.shape
-    kv = k.shape[2]
-    q = q.reshape(b, t, kv, h // kv, hd)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k)
-    if scale is not None:
-        scores = scores * jnp.asarray(scale, q.dtype)
-    if softcap is not None:
-        scores = jnp.tanh(scores / softcap) * softcap
-    scores = scores.astype(jnp.float32)
-    scores = jnp.where(attention_mask(t, window), scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h * hd)
 
 
 class Attention(nnx.Module):

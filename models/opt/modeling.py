@@ -21,7 +21,8 @@ from optima_jax.models.config import (
     check_positive,
     get,
 )
-from optima_jax.models.transformer import Embedding, Linear, _act, attend
+from optima_jax.models.attention import attend
+from optima_jax.models.transformer import Embedding, Linear, _act
 
 POSITION_OFFSET = 2  # OPT's learned position table starts at index 2 (fairseq padding convention)
 
