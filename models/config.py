@@ -75,7 +75,7 @@ class ModelConfig:
     ``hf_config`` is the original HF dict (for export); it is excluded from equality and hashing.
     """
 
-    model_type: str  # HF model_type of the text model ("llama", "qwen2", "gemma2", "gemma3_text", "opt")
+    model_type: str  # HF model_type of the text model ("llama", "qwen2", "qwen3", "mistral", "gemma2", ...)
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -95,7 +95,7 @@ class ModelConfig:
     mlp_bias: bool = False
     norm_plus_one: bool = False  # Gemma: y = norm(x) * (1 + w), multiplied in float32
     sandwich_norm: bool = False  # Gemma 2/3: post-attention / pre- and post-feedforward norms
-    qk_norm: bool = False  # Gemma 3: RMSNorm over head_dim on q and k
+    qk_norm: bool = False  # Gemma 3, Qwen 3: RMSNorm over head_dim on q and k, before RoPE
     embed_scale: bool = False  # Gemma: embeddings times sqrt(hidden_size) (in the activation dtype)
     attn_scale: float = 1.0  # multiplier of q·k
     attn_logit_softcap: float | None = None
@@ -116,9 +116,16 @@ class ModelConfig:
 
     @property
     def family(self) -> str:
-        return {"llama": "llama", "qwen2": "qwen2", "gemma2": "gemma", "gemma3_text": "gemma", "opt": "opt"}[
-            self.model_type
-        ]
+        return {
+            "llama": "llama",
+            "qwen2": "qwen2",
+            "qwen3": "qwen3",
+            "mistral": "mistral",
+            "ministral": "mistral",
+            "gemma2": "gemma",
+            "gemma3_text": "gemma",
+            "opt": "opt",
+        }[self.model_type]
 
     def adds_bos(self, tokenizer) -> bool:
         """Whether windows fed to this model start with ``tokenizer.bos_token_id`` (the ``bos`` rule above)."""

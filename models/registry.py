@@ -10,14 +10,21 @@ from optima_jax.models.gemma import modeling as _gemma
 from optima_jax.models.gemma import params as _gemma_params
 from optima_jax.models.llama import modeling as _llama
 from optima_jax.models.llama import params as _llama_params
+from optima_jax.models.mistral import modeling as _mistral
+from optima_jax.models.mistral import params as _mistral_params
 from optima_jax.models.opt import modeling as _opt
 from optima_jax.models.opt import params as _opt_params
 from optima_jax.models.qwen2 import modeling as _qwen2
 from optima_jax.models.qwen2 import params as _qwen2_params
+from optima_jax.models.qwen3 import modeling as _qwen3
+from optima_jax.models.qwen3 import params as _qwen3_params
 
 _PARSERS: dict[str, Callable[..., ModelConfig]] = {
     "llama": _llama.config_from_hf,
     "qwen2": _qwen2.config_from_hf,
+    "qwen3": _qwen3.config_from_hf,
+    "mistral": _mistral.config_from_hf,
+    "ministral": _mistral.ministral_config_from_hf,
     "gemma2": _gemma.gemma2_config_from_hf,
     "gemma3_text": _gemma.gemma3_text_config_from_hf,
     "gemma3": _gemma.gemma3_config_from_hf,
@@ -26,6 +33,9 @@ _PARSERS: dict[str, Callable[..., ModelConfig]] = {
 _PARAMS: dict[str, ModuleType] = {
     "llama": _llama_params,
     "qwen2": _qwen2_params,
+    "qwen3": _qwen3_params,
+    "mistral": _mistral_params,
+    "ministral": _mistral_params,
     "gemma2": _gemma_params,
     "gemma3_text": _gemma_params,
     "opt": _opt_params,
@@ -38,12 +48,25 @@ _LAYOUTS: dict[str, ModuleType] = {"opt": _opt_params}
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(_PARSERS)
 
+# Relatives of the supported families that are a different architecture: model_type -> what is not ported.
+_NOT_PORTED: dict[str, str] = {
+    "qwen3_moe": "Qwen 3 mixture-of-experts: routed expert MLPs are not ported, only dense Qwen 3 ('qwen3')",
+    "qwen3_next": "Qwen3-Next: hybrid linear attention and expert MLPs are not ported, only dense Qwen 3 ('qwen3')",
+    "qwen2_moe": "Qwen 2 mixture-of-experts: routed expert MLPs are not ported, only dense Qwen 2 ('qwen2')",
+    "mixtral": "Mixtral: routed expert MLPs are not ported, only dense Mistral ('mistral')",
+    "ministral3": "Ministral 3: position-dependent query scaling and YaRN rope are not ported, "
+    "only Mistral ('mistral', 'ministral')",
+    "mistral3": "Mistral 3: a vision-language model; only text Mistral ('mistral', 'ministral') is ported",
+}
+
 
 def config_from_hf(hf_config: dict, where: str = "config.json") -> ModelConfig:
     """HF config dict -> ModelConfig; an unknown ``model_type`` is an error listing the supported ones."""
     if not isinstance(hf_config, dict):
         raise UnsupportedModelError(f"{where}: expected a JSON object, got {type(hf_config).__name__}")
     mt = hf_config.get("model_type")
+    if mt in _NOT_PORTED:
+        raise UnsupportedModelError(f"{where}: unsupported model_type {mt!r}: {_NOT_PORTED[mt]}")
     if mt not in _PARSERS:
         raise UnsupportedModelError(
             f"{where}: unsupported model_type {mt!r} (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"

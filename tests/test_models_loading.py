@@ -49,12 +49,12 @@ def test_missing_config(llama_copy):
 def test_unsupported_model_type_lists_supported(llama_copy):
     _, d = llama_copy
     cfg = json.loads((d / "config.json").read_text())
-    cfg["model_type"] = "mistral"
+    cfg["model_type"] = "falcon"
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(UnsupportedModelError) as e:
         models.load_model(str(d))
     msg = _one_line(e)
-    assert str(d / "config.json") in msg and "'mistral'" in msg
+    assert str(d / "config.json") in msg and "'falcon'" in msg
     for mt in ("llama", "qwen2", "gemma2", "gemma3_text", "gemma3"):
         assert mt in msg
 

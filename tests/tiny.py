@@ -95,6 +95,10 @@ def hf_config(family: str, **over):
         )
     if family == "qwen2":
         return tf.Qwen2Config(tie_word_embeddings=False, **common)
+    if family == "qwen3":  # head_dim != hidden / heads, tied head, q/k norms (random in make_checkpoint)
+        return tf.Qwen3Config(head_dim=24, tie_word_embeddings=True, **common)
+    if family == "mistral":  # a window shorter than the calibration windows
+        return tf.MistralConfig(sliding_window=8, tie_word_embeddings=False, **common)
     raise ValueError(family)
 
 

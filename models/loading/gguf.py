@@ -4,13 +4,15 @@ Tensors are read with ``gguf.GGUFReader`` and de-quantized with ``gguf.quants.de
 package knows: F32/F16/BF16, Q4_0..Q8_0, K-quants, I-quants), then renamed to HF names in HF layout
 ``(out_features, in_features)`` as float32. Two llama.cpp conventions are undone:
 
-* LLaMA: ``convert_hf_to_gguf.py`` permutes the rows of q_proj / k_proj (per head, interleaving the two rotary
-  halves); we apply the inverse ``w.reshape(h, rows // h // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)`` with
-  ``h`` = attention heads for q and kv heads for k.
+* LLaMA (and Mistral, which llama.cpp converts as ``llama``): ``convert_hf_to_gguf.py`` permutes the rows of
+  q_proj / k_proj (per head, interleaving the two rotary halves); we apply the inverse
+  ``w.reshape(h, rows // h // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)`` with ``h`` = attention heads for q
+  and kv heads for k. Qwen 2/3 and Gemma are written unpermuted.
 * Gemma 2/3: GGUF stores every RMSNorm weight as ``1 + w``; we subtract 1 so the HF ``(1 + w)`` norm is recovered.
 
 The config dict uses the transformers-4 ``config.json`` keys (``rope_theta``, ``rope_scaling``,
-``rope_local_base_freq``, ``layer_types``, ...), which ``models`` parses for every family.
+``rope_local_base_freq``, ``layer_types``, ...), which ``models`` parses for every family. Tensor names come from
+the ``gguf`` package's own tables (``gguf.constants.TENSOR_NAMES``), as llama.cpp writes them.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gguf.constants import MODEL_TENSOR, TENSOR_NAMES
 
 from optima_jax.errors import OptimaError
 from optima_jax.models.hf_names import LINEAR_NAMES
@@ -38,34 +41,60 @@ class GGUFError(OptimaError):
     """A GGUF file that is missing, malformed, or of an architecture we do not port."""
 
 
-# GGUF general.architecture -> HF model_type
-SUPPORTED_GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "gemma2": "gemma2", "gemma3": "gemma3_text"}
+# GGUF general.architecture -> HF model_type (a ``llama`` file named Mistral is ``mistral``, see _model_type)
+SUPPORTED_GGUF_ARCHITECTURES = {
+    "llama": "llama",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "gemma2": "gemma2",
+    "gemma3": "gemma3_text",
+}
+# architectures whose q/k rows llama.cpp's converter permutes (LlamaModel.permute)
+_PERMUTED_QK_ARCHITECTURES = ("llama",)
 
 _GGUF_MAGIC = b"GGUF"
 
-# per-block GGUF tensor suffix -> HF suffix (inside model.layers.N.)
-_BLOCK_NAMES_COMMON = {
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "attn_norm": "input_layernorm",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-    "attn_q_norm": "self_attn.q_norm",
-    "attn_k_norm": "self_attn.k_norm",
+
+def _block_part(t: MODEL_TENSOR) -> str:
+    """The per-block part of a llama.cpp tensor name (``attn_q_norm`` of ``blk.{bid}.attn_q_norm``)."""
+    return TENSOR_NAMES[t].removeprefix("blk.{bid}.")
+
+
+def _by_gguf_name(table: dict[MODEL_TENSOR, str]) -> dict[str, str]:
+    return {_block_part(t): hf for t, hf in table.items()}
+
+
+# per-block GGUF tensor -> HF suffix (inside model.layers.N.)
+_BLOCK_COMMON = {
+    MODEL_TENSOR.ATTN_Q: "self_attn.q_proj",
+    MODEL_TENSOR.ATTN_K: "self_attn.k_proj",
+    MODEL_TENSOR.ATTN_V: "self_attn.v_proj",
+    MODEL_TENSOR.ATTN_OUT: "self_attn.o_proj",
+    MODEL_TENSOR.ATTN_NORM: "input_layernorm",
+    MODEL_TENSOR.FFN_GATE: "mlp.gate_proj",
+    MODEL_TENSOR.FFN_UP: "mlp.up_proj",
+    MODEL_TENSOR.FFN_DOWN: "mlp.down_proj",
+    MODEL_TENSOR.ATTN_Q_NORM: "self_attn.q_norm",
+    MODEL_TENSOR.ATTN_K_NORM: "self_attn.k_norm",
 }
-_BLOCK_NAMES_LLAMA = {**_BLOCK_NAMES_COMMON, "ffn_norm": "post_attention_layernorm"}
-_BLOCK_NAMES_GEMMA = {
-    **_BLOCK_NAMES_COMMON,
-    "post_attention_norm": "post_attention_layernorm",
-    "ffn_norm": "pre_feedforward_layernorm",
-    "post_ffw_norm": "post_feedforward_layernorm",
-}
-_TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+_BLOCK_NAMES_LLAMA = _by_gguf_name({**_BLOCK_COMMON, MODEL_TENSOR.FFN_NORM: "post_attention_layernorm"})
+_BLOCK_NAMES_GEMMA = _by_gguf_name(
+    {
+        **_BLOCK_COMMON,
+        MODEL_TENSOR.ATTN_POST_NORM: "post_attention_layernorm",
+        MODEL_TENSOR.FFN_NORM: "pre_feedforward_layernorm",
+        MODEL_TENSOR.FFN_POST_NORM: "post_feedforward_layernorm",
+    }
+)
+_TOP_NAMES = _by_gguf_name(
+    {
+        MODEL_TENSOR.TOKEN_EMBD: "model.embed_tokens",
+        MODEL_TENSOR.OUTPUT_NORM: "model.norm",
+        MODEL_TENSOR.OUTPUT: "lm_head",
+    }
+)
 # GGUF tensors that carry no HF parameter (consumed into the config instead)
-_NON_PARAM_TENSORS = {"rope_freqs.weight"}
+_NON_PARAM_TENSORS = {TENSOR_NAMES[MODEL_TENSOR.ROPE_FREQS] + ".weight"}
 
 _BLOCK_RE = re.compile(r"^blk\.(\d+)\.([a-z0-9_]+)\.(weight|bias)$")
 
@@ -133,7 +162,7 @@ def gguf_config(
             f"{where}: unsupported GGUF architecture {arch!r} "
             f"(supported: {', '.join(sorted(SUPPORTED_GGUF_ARCHITECTURES))})"
         )
-    model_type = SUPPORTED_GGUF_ARCHITECTURES[arch]
+    model_type = _model_type(arch, meta)
 
     def m(key, default=None, required=False):
         full = f"{arch}.{key}"
@@ -159,7 +188,7 @@ def gguf_config(
     if vocab is None:
         raise GGUFError(f"{where}: cannot determine vocab_size")
     head_dim = m("attention.key_length")
-    if head_dim is None and model_type == "llama":
+    if head_dim is None and arch == "llama":
         head_dim = m("rope.dimension_count")
     if head_dim is None:
         head_dim = hidden // heads
@@ -202,7 +231,7 @@ def gguf_config(
     elif scaling_type not in (None, "none"):
         raise GGUFError(f"{where}: unsupported rope scaling type {scaling_type!r}")
 
-    if model_type == "llama":
+    if arch == "llama":  # LLaMA and Mistral
         cfg.update(
             hidden_act="silu",
             attention_bias="blk.0.attn_q.bias" in tensor_names,
@@ -213,8 +242,20 @@ def gguf_config(
                 rope_freqs, cfg["rope_theta"], head_dim, int(m("rope.scaling.original_context_length", 8192)), where
             )
         cfg["architectures"] = ["LlamaForCausalLM"]
+        if model_type == "mistral":
+            # llama.cpp runs a llama-architecture file without a window unless the file sets one
+            window = m("attention.sliding_window")
+            cfg.update(sliding_window=None if window is None else int(window), architectures=["MistralForCausalLM"])
+            del cfg["attention_bias"], cfg["mlp_bias"]  # Mistral has none (bias tensors are then named unexpected)
     elif model_type == "qwen2":
         cfg.update(hidden_act="silu", use_sliding_window=False, architectures=["Qwen2ForCausalLM"])
+    elif model_type == "qwen3":
+        cfg.update(
+            hidden_act="silu",
+            attention_bias="blk.0.attn_q.bias" in tensor_names,
+            use_sliding_window=False,
+            architectures=["Qwen3ForCausalLM"],
+        )
     elif model_type in ("gemma2", "gemma3_text"):
         # llama.cpp scales queries by 1/sqrt(head_dim), except for the 27B models (1/sqrt(hidden/heads)).
         is_27b = (model_type == "gemma2" and n_layers == 46) or (model_type == "gemma3_text" and n_layers == 62)
@@ -243,6 +284,17 @@ def gguf_config(
             cfg["sliding_window_pattern"] = _pattern_period(cfg["layer_types"])
     cfg["rope_scaling"] = rope_scaling
     return cfg
+
+
+def _model_type(arch: str, meta: dict[str, Any]) -> str:
+    """HF model_type of a supported GGUF architecture. llama.cpp converts Mistral checkpoints with the ``llama``
+    architecture; such a file is recognised by its name (``general.name`` or ``general.basename`` containing
+    "mistral"), as transformers' GGUF loader renames ``llama`` to ``mistral`` by the name too."""
+    if arch == "llama":
+        names = " ".join(str(meta.get(k) or "") for k in ("general.name", "general.basename"))
+        if "mistral" in names.lower():
+            return "mistral"
+    return SUPPORTED_GGUF_ARCHITECTURES[arch]
 
 
 def _opt(v):
@@ -351,6 +403,7 @@ def load_gguf(
     cfg = gguf_config(meta, names, where=where, rope_freqs=rope_freqs)
     model_type = cfg["model_type"]
     is_gemma = model_type.startswith("gemma")
+    permuted_qk = meta.get("general.architecture") in _PERMUTED_QK_ARCHITECTURES
 
     params: dict[str, np.ndarray] = {}
     for t in bar(reader.tensors, desc=f"de-quantizing {path.name}", unit="tensor"):
@@ -365,7 +418,7 @@ def load_gguf(
             raise GGUFError(f"{where}: tensor {t.name!r} has unsupported type {t.tensor_type.name}: {e}") from None
         expected = tuple(int(s) for s in reversed(t.shape))
         w = w.reshape(expected) if w.size == int(np.prod(expected)) else w
-        if model_type == "llama" and (".attn_q." in t.name or ".attn_k." in t.name):
+        if permuted_qk and (".attn_q." in t.name or ".attn_k." in t.name):
             h = cfg["num_attention_heads"] if ".attn_q." in t.name else cfg["num_key_value_heads"]
             w = unpermute_qk(w, h)
         if is_gemma and t.name.endswith("norm.weight"):
