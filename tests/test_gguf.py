@@ -69,6 +69,23 @@ def _tiny_vocab(kind: str):
     )
 
 
+def _add_vocab(w, vocab: dict) -> None:
+    """Write a _tiny_vocab's tokenizer.* fields with a gguf.GGUFWriter."""
+    w.add_tokenizer_model(vocab["model"])
+    w.add_tokenizer_pre(vocab["pre"])
+    w.add_token_list(vocab["tokens"])
+    w.add_token_types(vocab["types"])
+    if vocab["merges"]:
+        w.add_token_merges(vocab["merges"])
+    if vocab["scores"]:
+        w.add_token_scores(vocab["scores"])
+    w.add_bos_token_id(vocab["bos"])
+    w.add_eos_token_id(vocab["eos"])
+    if vocab["unk"] is not None:
+        w.add_unk_token_id(vocab["unk"])
+    w.add_add_bos_token(vocab["add_bos"])
+
+
 def _tiny_llama(tmp_path: Path, tokenizer: str | None = None):
     """A random 2-layer LLaMA written as llama.cpp's converter would; `tokenizer` ('gpt2' / 'llama') also writes
     a _tiny_vocab tokenizer, sizing the embedding to it."""
@@ -108,19 +125,7 @@ def _tiny_llama(tmp_path: Path, tokenizer: str | None = None):
     w.add_rope_dimension_count(16)
     w.add_vocab_size(cfg.vocab_size)
     if vocab:
-        w.add_tokenizer_model(vocab["model"])
-        w.add_tokenizer_pre(vocab["pre"])
-        w.add_token_list(vocab["tokens"])
-        w.add_token_types(vocab["types"])
-        if vocab["merges"]:
-            w.add_token_merges(vocab["merges"])
-        if vocab["scores"]:
-            w.add_token_scores(vocab["scores"])
-        w.add_bos_token_id(vocab["bos"])
-        w.add_eos_token_id(vocab["eos"])
-        if vocab["unk"] is not None:
-            w.add_unk_token_id(vocab["unk"])
-        w.add_add_bos_token(vocab["add_bos"])
+        _add_vocab(w, vocab)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
     q8 = {}
 

@@ -24,7 +24,7 @@ from optima_jax.errors import OptimaError  # noqa: E402
 from optima_jax.models import api  # noqa: E402
 from optima_jax.models.config import FULL, SLIDING  # noqa: E402
 from tests.conftest import TINY_BASE, assert_logits_match_float32, make_torch_model, torch_logits  # noqa: E402
-from tests.test_gguf import _llamacpp_permute, _tiny_vocab  # noqa: E402
+from tests.test_gguf import _add_vocab, _llamacpp_permute, _tiny_vocab  # noqa: E402
 
 BASE = dict(TINY_BASE, num_hidden_layers=3)
 WINDOW = 8  # the test sequences have 24 tokens
@@ -119,6 +119,18 @@ def test_window_shorter_than_sequence_is_exercised(ckpt, rand_ids, name):
     no_window = dataclasses.replace(cfg, layer_types=(FULL,) * cfg.num_layers)
     ours = np.asarray(models.forward(models.build_model(no_window, loaded.params), rand_ids))
     assert np.abs(ours - torch_logits(tm, rand_ids)).max() > 1e-2
+
+
+@pytest.mark.parametrize("name", ["qwen3_untied", *WINDOWED])
+def test_blockwise_attention_matches_transformers(ckpt, rand_ids, name):
+    """The long-sequence attention path (forced: tiles of 8 over 24 tokens, windows of 8) gives the same float32
+    logits as transformers for the new families."""
+    from optima_jax.models import attention
+
+    tm, d = ckpt(name)
+    loaded = models.load_model(str(d))
+    with attention.use("blockwise", block=8):
+        assert_logits_match_float32(models.build_model(loaded.config, loaded.params), tm, rand_ids)
 
 
 def _transformers_config(model_type: str, d: dict):
@@ -257,16 +269,7 @@ def _write_gguf(path: Path, arch: str, tm, vocab: dict, name: str = "", window: 
     w.add_vocab_size(c.vocab_size)
     if window is not None:
         w.add_sliding_window(window)
-    w.add_tokenizer_model(vocab["model"])
-    w.add_tokenizer_pre(vocab["pre"])
-    w.add_token_list(vocab["tokens"])
-    w.add_token_types(vocab["types"])
-    if vocab["merges"]:
-        w.add_token_merges(vocab["merges"])
-    if vocab["scores"]:
-        w.add_token_scores(vocab["scores"])
-    w.add_bos_token_id(vocab["bos"])
-    w.add_eos_token_id(vocab["eos"])
+    _add_vocab(w, vocab)
     w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
     w.add_tensor("output_norm.weight", sd["model.norm.weight"])
     if not c.tie_word_embeddings:
