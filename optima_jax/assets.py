@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from optima_jax.errors import OptimaError
+from optima_jax import fileio
 from optima_jax.fileio import atomic_write
 
 log = logging.getLogger(__name__)
@@ -106,8 +107,7 @@ ASSETS: dict[str, Asset] = {
 
 def cache_dir() -> Path:
     """Download folder: `$OPTIMA_JAX_CACHE/data` (default `~/.cache/optima_jax/data`)."""
-    root = os.environ.get("OPTIMA_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "optima_jax")
-    return Path(root) / "data"
+    return fileio.cache_dir("data")
 
 
 def data_dir() -> Path:

@@ -1,10 +1,19 @@
-"""Atomic file writes shared by the checkpoint, report, asset and token-cache writers."""
+"""File-system helpers: the one cache root, and atomic writes shared by the checkpoint, report, asset and
+token-cache writers."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
+
+
+def cache_dir(kind: str) -> Path:
+    """``${OPTIMA_JAX_CACHE:-~/.cache/optima_jax}/<kind>``, the one home of every cache (kind: ``data`` text
+    assets, ``models`` GGUF downloads, ``tokens`` token ids, ``tokenizers`` converted GGUF tokenizers)."""
+    root = os.environ.get("OPTIMA_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "optima_jax")
+    return Path(root) / kind
 
 
 def _new_file_mode() -> int:
@@ -55,3 +64,16 @@ def atomic_write(path: Path, write, binary: bool = False):
 def atomic_write_text(path: Path, text: str):
     """Write `text` (UTF-8) to `path` atomically (see `atomic_write`)."""
     atomic_write(path, lambda f: f.write(text))
+
+
+def swap_in(staging: str, final: str, before_swap=None) -> None:
+    """Replace directory ``final`` by the complete directory ``staging`` (renames only; any old ``final`` is
+    moved to ``<final>.old`` first and removed last). ``before_swap()`` runs just before the renames."""
+    old = str(final).rstrip("/") + ".old"
+    shutil.rmtree(old, ignore_errors=True)
+    if before_swap is not None:
+        before_swap()
+    if os.path.exists(final):
+        os.replace(final, old)
+    os.replace(staging, final)
+    shutil.rmtree(old, ignore_errors=True)

@@ -18,7 +18,7 @@ import pytest
 import tiny
 from test_pipeline import ENV, REPO, cli_args, run_cli
 
-from optima_jax import checkpoint
+from optima_jax import checkpoint, fileio
 from optima_jax.errors import OptimaError
 
 
@@ -110,7 +110,7 @@ def test_overwrite_replaces_a_previous_run_and_only_with_overwrite(tmp_path):
     # A finished checkpoint recognised by its marker alone is a run too (replaceable with overwrite only).
     m = tmp_path / "marker_only"
     (m / "checkpoint").mkdir(parents=True)
-    checkpoint.atomic_write_text(m / checkpoint.MARKER, json.dumps({"format": "optima_jax/1"}))
+    fileio.atomic_write_text(m / checkpoint.MARKER, json.dumps({"format": "optima_jax/1"}))
     with pytest.raises(OptimaError, match="different run"):
         checkpoint.claim_output_dir(m, "c" * 16, False, {})
     checkpoint.claim_output_dir(m, "c" * 16, True, {})
@@ -161,18 +161,18 @@ def _with_file_size_limit(code: str, limit: int) -> subprocess.CompletedProcess:
 
 def test_atomic_write_text_failure_keeps_previous_file_and_leaves_no_temp(tmp_path):
     p = tmp_path / "run.json"
-    checkpoint.atomic_write_text(p, "previous\n")
+    fileio.atomic_write_text(p, "previous\n")
     # Text that cannot be encoded: the write fails after the temporary file was created.
     with pytest.raises(UnicodeEncodeError):
-        checkpoint.atomic_write_text(p, "new " + "\ud800" * 10)
+        fileio.atomic_write_text(p, "new " + "\ud800" * 10)
     assert p.read_text() == "previous\n" and os.listdir(tmp_path) == ["run.json"]
     # A write that fails half way (the file size limit is hit after 4 KiB of 1 MiB): the same.
     r = _with_file_size_limit(
         f"""
-      from optima_jax import checkpoint
+      from optima_jax import fileio
       limit()
       try:
-        checkpoint.atomic_write_text({str(p)!r}, "x" * (1 << 20))
+        fileio.atomic_write_text({str(p)!r}, "x" * (1 << 20))
       except OSError as e:
         print("OSError", e.filename)
       """,
@@ -183,10 +183,10 @@ def test_atomic_write_text_failure_keeps_previous_file_and_leaves_no_temp(tmp_pa
     # A new file that fails is not created at all.
     r = _with_file_size_limit(
         f"""
-      from optima_jax import checkpoint
+      from optima_jax import fileio
       limit()
       try:
-        checkpoint.atomic_write_text({str(tmp_path / 'new.json')!r}, "x" * (1 << 20))
+        fileio.atomic_write_text({str(tmp_path / 'new.json')!r}, "x" * (1 << 20))
       except OSError:
         print("OSError")
       """,
@@ -199,7 +199,7 @@ def test_atomic_write_text_failure_keeps_previous_file_and_leaves_no_temp(tmp_pa
 def test_atomic_write_text_gives_new_files_the_usual_mode(tmp_path):
     plain = tmp_path / "plain"
     plain.write_text("x")
-    checkpoint.atomic_write_text(tmp_path / "atomic", "x")
+    fileio.atomic_write_text(tmp_path / "atomic", "x")
     assert (tmp_path / "atomic").stat().st_mode == plain.stat().st_mode
 
 

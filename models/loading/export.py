@@ -12,6 +12,7 @@ from safetensors.numpy import save_file
 from optima_jax.models.build import validate_params
 from optima_jax.models.config import ModelConfig
 from optima_jax.models.gemma.modeling import text_hf_config
+from optima_jax.fileio import swap_in
 from optima_jax.progress import bar
 
 
@@ -39,19 +40,6 @@ def save_hf(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     swap_in(staging, final)
-
-
-def swap_in(staging: str, final: str, before_swap=None) -> None:
-    """Replace directory ``final`` by the complete directory ``staging`` (renames only; any old ``final`` is
-    moved to ``<final>.old`` first and removed last). ``before_swap()`` runs just before the renames."""
-    old = str(final).rstrip("/") + ".old"
-    shutil.rmtree(old, ignore_errors=True)
-    if before_swap is not None:
-        before_swap()
-    if os.path.exists(final):
-        os.replace(final, old)
-    os.replace(staging, final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_hf(directory: str, config: ModelConfig, params: dict, tokenizer, max_shard_bytes: int) -> None:
