@@ -10,9 +10,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 
+from optima_jax import data, models
+from optima_jax.config import default_config
+from optima_jax.engine import run_sequential
 from optima_jax.fileio import atomic_write
+from optima_jax.pruner import make_pruner
 
 
 class _Stop(Exception):
@@ -32,14 +37,6 @@ def capture_layers(
     progress: bool = True,
 ) -> list[Path]:
     """Capture `layers` (e.g. ["0.self_attn.q_proj", "1.mlp.down_proj"]) -> the written .npz paths."""
-    import jax.numpy as jnp
-
-    from optima_jax import models
-    from optima_jax import data
-    from optima_jax.config import default_config
-    from optima_jax.engine import run_sequential
-    from optima_jax.pruner import make_pruner
-
     dest = Path(dest)
     tag = re.sub(r"[^A-Za-z0-9_-]+", "_", model_source)
     paths = {key: dest / f"{tag}__{key}.npz" for key in layers}

