@@ -1,4 +1,5 @@
-"""Flax NNX ports of LLaMA, Qwen2 and Gemma 2/3 (text), with HF / GGUF loading and HF export."""
+"""Flax NNX ports of LLaMA 3.x, Mistral/Ministral, Qwen 2/2.5, Qwen 3, Gemma 2/3 (text) and OPT, with HF / GGUF loading
+and HF export."""
 
 from optima_jax.models import api  # noqa: F401
 from optima_jax.models.build import build_model, to_params_dict, validate_params  # noqa: F401
@@ -6,4 +7,4 @@ from optima_jax.models.config import ModelConfig, RopeSpec  # noqa: F401
 from optima_jax.models.errors import CheckpointError, ModelConfigError, ParamsError, UnsupportedModelError  # noqa: F401
 from optima_jax.models.loading import LoadedModel, load_model, save_hf  # noqa: F401
 from optima_jax.models.registry import SUPPORTED_MODEL_TYPES, config_from_hf  # noqa: F401
-from optima_jax.models.transformer import CausalLM, forward  # noqa: F401
+from optima_jax.models.causal_lm import CausalLM, forward  # noqa: F401

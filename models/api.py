@@ -12,7 +12,7 @@ from flax import nnx
 from optima_jax.models.config import ModelConfig
 from optima_jax.models.errors import ParamsError
 from optima_jax.models.registry import block_layout
-from optima_jax.models.transformer import CausalLM
+from optima_jax.models.causal_lm import CausalLM
 
 
 def linear_names(config: ModelConfig | None) -> list[str]:

@@ -9,7 +9,7 @@ from flax import nnx
 from optima_jax.models.config import ModelConfig
 from optima_jax.models.errors import ParamsError
 from optima_jax.models.registry import params_module
-from optima_jax.models.transformer import CausalLM
+from optima_jax.models.causal_lm import CausalLM
 
 
 def _name(path) -> str:

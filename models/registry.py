@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Callable
 
+from optima_jax.models import hf_names
 from optima_jax.models.config import ModelConfig, UnsupportedModelError
 from optima_jax.models.gemma import modeling as _gemma
 from optima_jax.models.gemma import params as _gemma_params
@@ -18,6 +19,7 @@ from optima_jax.models.qwen2 import modeling as _qwen2
 from optima_jax.models.qwen2 import params as _qwen2_params
 from optima_jax.models.qwen3 import modeling as _qwen3
 from optima_jax.models.qwen3 import params as _qwen3_params
+from optima_jax.models.transformer import Backbone
 
 _PARSERS: dict[str, Callable[..., ModelConfig]] = {
     "llama": _llama.config_from_hf,
@@ -81,15 +83,11 @@ def params_module(cfg: ModelConfig) -> ModuleType:
 
 def backbone_class(cfg: ModelConfig) -> type:
     """The nnx module class of HF's ``model.`` subtree for this config."""
-    from optima_jax.models.transformer import Backbone
-
     return _BACKBONES.get(cfg.model_type, Backbone)
 
 
 def block_layout(cfg: ModelConfig | None) -> ModuleType:
     """Block tensor layout (linear names, input groups, name prefix, shapes) for this config (None: the core's)."""
-    from optima_jax.models import hf_names
-
     if cfg is None:
         return hf_names
     return _LAYOUTS.get(cfg.model_type, hf_names)

