@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import numpy as np
 
-from capture_layers import emit_table, layer_pairs, output_error
+from _common import emit_table, layer_pairs, output_error
 
 
 err = output_error

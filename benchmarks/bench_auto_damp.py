@@ -21,7 +21,7 @@ import argparse
 import time
 import numpy as np
 
-from capture_layers import emit_table, layer_pairs, output_error
+from _common import emit_table, layer_pairs, output_error
 
 
 def ratio(Wn, W0, mask, H):

@@ -22,7 +22,7 @@ import argparse
 import time
 import numpy as np
 
-from capture_layers import capture_tokens, emit_table, layer_pairs, output_error
+from _common import capture_tokens, emit_table, layer_pairs, output_error
 from optima_jax.config import default_config
 
 DEFAULT_DAMP = float(default_config().solver.damp)

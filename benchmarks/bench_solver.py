@@ -11,16 +11,16 @@ Usage: python benchmarks/bench_solver.py [--rows 64] [--mpax-rows 8] [--mpax-tig
 import argparse
 import glob
 import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax
 import jax.numpy as jnp
 
 from optima_jax.qp import solve_rows
+
+from _common import objective, optimum
 
 
 def synthetic(n, out, T, seed):
@@ -34,25 +34,6 @@ def synthetic(n, out, T, seed):
     W = (rng.normal(size=(out, n)) * 0.05).astype(np.float32)
     s = np.abs(W) * np.sqrt(np.diag(H))[None]
     return H, W, s > np.median(s, axis=1, keepdims=True)
-
-
-def optimum(H, W, mask):
-    H = H.astype(np.float64)
-    dead = np.diag(H) <= 0
-    obj = np.zeros(W.shape[0])
-    for j in range(W.shape[0]):
-        f, s = mask[j] & ~dead, ~mask[j]
-        d = np.zeros(H.shape[0])
-        d[s] = -W[j, s]
-        if f.any():
-            d[f] = np.linalg.solve(H[np.ix_(f, f)], -H[np.ix_(f, s)] @ d[s])
-        obj[j] = 0.5 * d @ H @ d
-    return obj
-
-
-def objective(H, W, Wn):
-    d = np.asarray(Wn, np.float64) - W
-    return 0.5 * np.sum((d @ H.astype(np.float64)) * d, axis=1)
 
 
 def mpax_rows(H, W, mask, eps, limit=100_000):

@@ -17,7 +17,7 @@ import json
 import math
 from pathlib import Path
 
-from capture_layers import emit_table
+from _common import emit_table
 
 SELECTORS = ("wanda", "sparsegpt")
 DAMPS = ("0", "0.01", "0.1", "1")

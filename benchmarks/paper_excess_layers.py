@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_solver import objective, optimum
+from _common import objective, optimum
 
 
 def main():
