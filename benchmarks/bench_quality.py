@@ -27,6 +27,10 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
+from optima_jax import data, evaluate, models, pipeline
+from optima_jax.config import default_config
+from optima_jax.fileio import atomic_write_text
+
 
 def parse_row(row: str):
     """'wanda+optima@solver.damp=0' -> (selector, update, {key: value})."""
@@ -100,8 +104,6 @@ def check_same_setup(out: Path, setup: dict | None, args) -> None:
 
 def cell_config(row: str, sparsity: str, scope: str, set_overrides: str):
     """The pipeline config of one cell: the defaults, then --set, then the row's own overrides."""
-    from optima_jax.config import default_config
-
     selector, update, overrides = parse_row(row)
     cfg = default_config()
     cfg.sparsity, cfg.prune_scope = sparsity, scope or "all"
@@ -154,14 +156,6 @@ def main():
     )
     ap.add_argument("--set", default="", help="overrides for every cell, e.g. solver.damp=0.1")
     args = ap.parse_args()
-
-    from optima_jax import models
-    from optima_jax import data, evaluate
-    from optima_jax.fileio import atomic_write_text
-    from optima_jax.engine import run_sequential
-    from optima_jax.pruner import make_pruner
-    from optima_jax.sparsity import select_linears
-    from optima_jax.models import api
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -226,29 +220,7 @@ def main():
             if row != "dense":
                 cfg = cell_config(row, sparsity, scope, args.set)
                 selector, update = cfg.selector, cfg.weight_update
-                names = set(
-                    select_linears(api.linear_names(loaded.config), cfg.prune_scope, api.mlp_linears(loaded.config))
-                )
-                rows, times = [], {"hessians_s": 0.0, "prune_s": 0.0, "forward_s": 0.0}
-
-                def on_done(d):
-                    rows.extend(r.row for r in d.results.values())
-                    for k in times:
-                        times[k] += d.timings[k]
-
-                run_sequential(
-                    model,
-                    loaded.config,
-                    ids,
-                    make_pruner(cfg),
-                    val_ids=val_ids,
-                    linear_filter=lambda n: n in names,
-                    micro_batch=8,
-                    on_block_done=on_done,
-                    progress=False,
-                )
-                times["select_s"] = sum(r["seconds_select"] for r in rows)
-                times["update_s"] = sum(r["seconds_update"] for r in rows)
+                rows, times = pipeline.prune_blocks(model, loaded.config, ids, cfg, val_ids=val_ids, progress=False)
                 cell.update(
                     times=times,
                     config={

@@ -44,6 +44,65 @@ def _versions() -> dict:
     return out
 
 
+def linears_in_scope(config, prune_scope: str) -> set[str]:
+    """The block-relative linear names (``self_attn.q_proj``, ...) that ``prune_scope`` (all | mlp) prunes."""
+    return set(select_linears(api.linear_names(config), prune_scope, api.mlp_linears(config)))
+
+
+def prune_blocks(
+    model,
+    config,
+    ids,
+    cfg,
+    *,
+    val_ids=None,
+    scope: set[str] | None = None,
+    data_mesh=None,
+    rows_mesh=None,
+    start_block: int = 0,
+    hidden=None,
+    hidden_val=None,
+    on_block_done=None,
+    progress: bool = True,
+) -> tuple[list[dict], dict[str, float]]:
+    """Prune ``model`` in place, block by block from ``start_block``, with ``cfg``'s selector, update and solver
+    on the linears of ``scope`` (default: ``cfg.prune_scope``). ids int [n, T]: calibration windows; val_ids:
+    validation windows (auto damping, the safeguard). ``on_block_done(done)`` is called after each block
+    (engine.BlockDone). Returns (report rows of the linears pruned here, seconds summed over the blocks for
+    hessians_s, prune_s, forward_s, select_s, update_s)."""
+    scope = linears_in_scope(config, cfg.prune_scope) if scope is None else scope
+    rows: list[dict] = []
+    times = {"hessians_s": 0.0, "prune_s": 0.0, "forward_s": 0.0}
+
+    def done(d):
+        if on_block_done is not None:
+            on_block_done(d)
+        rows.extend(r.row for r in d.results.values())
+        for k in times:
+            times[k] += d.timings[k]
+
+    run_sequential(
+        model,
+        config,
+        ids,
+        make_pruner(cfg, rows_mesh),
+        val_ids=val_ids,
+        linear_filter=lambda n: n in scope,
+        micro_batch=int(cfg.calibration.micro_batch),
+        mesh=data_mesh,
+        shard_params=bool(cfg.mesh.shard_params),
+        start_block=start_block,
+        hidden=hidden,
+        hidden_val=hidden_val,
+        hidden_on=cfg.hidden_states_on,
+        on_block_done=done,
+        progress=progress,
+    )
+    times["select_s"] = sum(r["seconds_select"] for r in rows)
+    times["update_s"] = sum(r["seconds_update"] for r in rows)
+    return rows, times
+
+
 def run(cfg) -> dict:
     """Run a validated config end to end. Returns a summary dict (perplexities, timings, paths).
 
@@ -81,7 +140,7 @@ def _run(cfg, restores: list) -> dict:
     timings["load_s"] = time.perf_counter() - t
     add_bos = config.adds_bos(tokenizer) if cfg.calibration.add_bos < 0 else bool(cfg.calibration.add_bos)
     check_finite_params(loaded.params, cfg.model)
-    scope = set(select_linears(api.linear_names(config), cfg.prune_scope, api.mlp_linears(config)))
+    scope = linears_in_scope(config, cfg.prune_scope)
     spec = SparsitySpec.parse(cfg.sparsity)
     for name in sorted(scope):
         spec.validate_for(
@@ -162,8 +221,6 @@ def _run(cfg, restores: list) -> dict:
             if val_ids is None:
                 hidden_val = None
 
-    block_times = {"hessians_s": 0.0, "prune_s": 0.0, "forward_s": 0.0}
-
     def on_block_done(done):
         weights = {n: np.asarray(r.weight.astype(dtype)) for n, r in done.results.items()}
         bmasks = {n: np.asarray(r.keep_mask) for n, r in done.results.items()}
@@ -171,8 +228,6 @@ def _run(cfg, restores: list) -> dict:
         progress.save_block(done.index, weights, bmasks, brows, done.hidden, done.hidden_val)
         rows.extend(brows)
         masks.update({api.weight_name(config, done.index, n): m for n, m in bmasks.items()})
-        for k in block_times:
-            block_times[k] += done.timings[k]
         log.info(
             "block %d done: %s",
             done.index,
@@ -185,20 +240,18 @@ def _run(cfg, restores: list) -> dict:
             ),
         )
 
-    run_sequential(
+    _, block_times = prune_blocks(
         model,
         config,
         ids,
-        make_pruner(cfg, rows_mesh),
+        cfg,
         val_ids=val_ids,
-        linear_filter=lambda n: n in scope,
-        micro_batch=int(cal.micro_batch),
-        mesh=data_mesh,
-        shard_params=bool(cfg.mesh.shard_params),
+        scope=scope,
+        data_mesh=data_mesh,
+        rows_mesh=rows_mesh,
         start_block=start,
         hidden=hidden,
         hidden_val=hidden_val,
-        hidden_on=cfg.hidden_states_on,
         on_block_done=on_block_done,
         progress=main,
     )
