@@ -138,6 +138,24 @@ def rand_ids():
     return rng.integers(0, 256, size=(2, 24)).astype(np.int32)
 
 
+def torch_linear_inputs(block, ids_run, names) -> dict:
+    """{name: the input array [B, T, in] that submodule ``name`` of the torch ``block`` sees} while
+    ``ids_run()`` runs the whole torch model (forward hooks, removed afterwards)."""
+    seen = {}
+    hooks = [
+        block.get_submodule(n).register_forward_hook(
+            lambda m, inp, out, n=n: seen.__setitem__(n, inp[0].detach().numpy().copy())
+        )
+        for n in names
+    ]
+    try:
+        ids_run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
 def assert_logits_match_float32(model, torch_model, ids, atol=1e-4):
     """Our float32 logits equal transformers' on the same ids (max abs diff <= atol)."""
     from optima_jax import models

@@ -35,7 +35,11 @@ def _torch_ppl64(ckpt: Path, windows: np.ndarray) -> float:
     """Reference: transformers model in float64, log-softmax in float64, mean NLL of tokens 1.. of each window."""
     from transformers import AutoModelForCausalLM
 
-    m = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=torch.float64).eval()
+    return _torch_ppl(AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=torch.float64).eval(), windows)
+
+
+def _torch_ppl(m, windows: np.ndarray) -> float:
+    """exp of the mean over windows of a transformers model's mean NLL of tokens 1.. (log-softmax in float64)."""
     nlls = []
     with torch.no_grad():
         for w in windows:
@@ -104,22 +108,8 @@ def test_cli_perplexity_and_pruned_checkpoint(tiny_llama, text_file, tmp_path):
     from optima_jax.data import eval_tokens
 
     out1 = tmp_path / "dense.json"
-    rc = ev.main(
-        [
-            "--model",
-            str(tiny_llama),
-            "--data",
-            str(text_file),
-            "--seqlen",
-            "40",
-            "--max-windows",
-            "5",
-            "--batch-size",
-            "2",
-            "--output",
-            str(out1),
-        ]
-    )
+    argv = ["--data", str(text_file), "--seqlen", "40", "--max-windows", "5"]
+    rc = ev.main(["--model", str(tiny_llama), *argv, "--batch-size", "2", "--output", str(out1)])
     assert rc == 0
     r1 = json.loads(out1.read_text())
     em = _load(tiny_llama)
@@ -132,23 +122,7 @@ def test_cli_perplexity_and_pruned_checkpoint(tiny_llama, text_file, tmp_path):
     save_pruned(ck, loaded.params, {}, {"hf_config": loaded.config.hf_config})
     loaded.tokenizer.save_pretrained(str(ck / "checkpoint" / "tokenizer"))
     out2 = tmp_path / "pruned.json"
-    assert (
-        ev.main(
-            [
-                "--model",
-                str(ck),
-                "--data",
-                str(text_file),
-                "--seqlen",
-                "40",
-                "--max-windows",
-                "5",
-                "--output",
-                str(out2),
-            ]
-        )
-        == 0
-    )
+    assert ev.main(["--model", str(ck), *argv, "--output", str(out2)]) == 0
     assert json.loads(out2.read_text())["perplexity"] == pytest.approx(r1["perplexity"], rel=1e-6)
 
     table = ev.compare_report(r1, json.loads(out2.read_text()))
@@ -203,13 +177,7 @@ def test_real_model_perplexity_matches_transformers(source):
     print(f"\n{source}: optima_jax ppl {ours:.4f} ({len(windows)} windows of 1024)", flush=True)
 
     hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
-    nlls = []
-    with torch.no_grad():
-        for w in windows:
-            ids = torch.tensor(w[None], dtype=torch.long)
-            logp = torch.log_softmax(hf(ids).logits[0, :-1].double(), dim=-1)
-            nlls.append(-logp.gather(1, ids[0, 1:, None]).mean().item())
-    ref = math.exp(float(np.mean(nlls)))
+    ref = _torch_ppl(hf, windows)
     print(f"{source}: transformers ppl {ref:.4f}", flush=True)
     assert ours == pytest.approx(ref, rel=5e-3)
     assert 10 < ours < 30

@@ -317,6 +317,18 @@ def test_tiny_gemma3_gguf_norms_and_layer_types(tmp_path):
         assert cfg["rope_local_base_freq"] == rp["sliding_attention"]["rope_theta"]
 
 
+def write_stub_gguf(path, arch: str):
+    """A GGUF file of architecture ``arch`` holding one embedding tensor (enough to reach the arch check)."""
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
 def test_errors(tmp_path):
     with pytest.raises(GGUFError, match="not found"):
         load_gguf(tmp_path / "missing.gguf")
@@ -324,14 +336,7 @@ def test_errors(tmp_path):
     bad.write_bytes(b"PK\x03\x04 not a gguf")
     with pytest.raises(GGUFError, match="not a GGUF"):
         load_gguf(bad)
-    other = tmp_path / "gpt2.gguf"
-    w = gguf.GGUFWriter(str(other), "gpt2")
-    w.add_block_count(1)
-    w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    other = write_stub_gguf(tmp_path / "gpt2.gguf", "gpt2")
     with pytest.raises(GGUFError, match="unsupported GGUF architecture 'gpt2'"):
         load_gguf(other)
 

@@ -18,7 +18,12 @@ torch = pytest.importorskip("torch")
 from optima_jax import models  # noqa: E402
 from optima_jax.models import api  # noqa: E402
 from optima_jax.models.opt import positions_from_mask  # noqa: E402
-from tests.conftest import assert_bf16_close_to_float32, assert_logits_match_float32, torch_logits  # noqa: E402
+from tests.conftest import (  # noqa: E402
+    assert_bf16_close_to_float32,
+    assert_logits_match_float32,
+    torch_linear_inputs,
+    torch_logits,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,20 +110,7 @@ def test_logits_bfloat16_close_to_float32_reference(opt_dirs, rand_ids, name):
 
 
 def _torch_linear_inputs(tm, ids, layer, names):
-    seen = {}
-    blk = tm.model.decoder.layers[layer]
-    hooks = [
-        blk.get_submodule(n).register_forward_hook(
-            lambda m, inp, out, n=n: seen.__setitem__(n, inp[0].detach().numpy().copy())
-        )
-        for n in names
-    ]
-    try:
-        torch_logits(tm, ids)
-    finally:
-        for h in hooks:
-            h.remove()
-    return seen
+    return torch_linear_inputs(tm.model.decoder.layers[layer], lambda: torch_logits(tm, ids), names)
 
 
 @pytest.mark.parametrize("name", list(OPT_VARIANTS))

@@ -19,6 +19,7 @@ from tests.conftest import (
     TINY_CONFIGS,
     assert_bf16_close_to_float32,
     assert_logits_match_float32,  # noqa: E402
+    torch_linear_inputs,
     torch_logits,
 )
 
@@ -45,22 +46,7 @@ def test_logits_bfloat16_close_to_float32_reference(tiny_dirs, rand_ids, name):
 
 
 def _torch_linear_inputs(tm, ids, layer):
-    seen = {}
-    blk = tm.model.layers[layer]
-    hooks = []
-    for name in api.linear_names(None):
-        mod = blk.get_submodule(name)
-        hooks.append(
-            mod.register_forward_hook(
-                lambda m, inp, out, name=name: seen.__setitem__(name, inp[0].detach().numpy().copy())
-            )
-        )
-    try:
-        torch_logits(tm, ids)
-    finally:
-        for h in hooks:
-            h.remove()
-    return seen
+    return torch_linear_inputs(tm.model.layers[layer], lambda: torch_logits(tm, ids), api.linear_names(None))
 
 
 @pytest.mark.parametrize("name", FAMILIES)

@@ -24,7 +24,7 @@ from optima_jax.errors import OptimaError  # noqa: E402
 from optima_jax.models import api  # noqa: E402
 from optima_jax.models.config import FULL, SLIDING  # noqa: E402
 from tests.conftest import TINY_BASE, assert_logits_match_float32, make_torch_model, torch_logits  # noqa: E402
-from tests.test_gguf import _add_vocab, _llamacpp_permute, _tiny_vocab  # noqa: E402
+from tests.test_gguf import _add_vocab, _llamacpp_permute, _tiny_vocab, write_stub_gguf  # noqa: E402
 
 BASE = dict(TINY_BASE, num_hidden_layers=3)
 WINDOW = 8  # the test sequences have 24 tokens
@@ -376,13 +376,7 @@ def test_mistral_gguf_tensors_match_transformers_gguf_loader(tmp_path, monkeypat
 
 
 def test_qwen3_moe_gguf_is_refused(tmp_path):
-    w = gguf.GGUFWriter(str(tmp_path / "moe.gguf"), "qwen3moe")
-    w.add_block_count(1)
-    w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_stub_gguf(tmp_path / "moe.gguf", "qwen3moe")
     with pytest.raises(OptimaError) as e:
         models.load_model(str(tmp_path / "moe.gguf"))
     assert "unsupported GGUF architecture 'qwen3moe'" in _one_line(e)

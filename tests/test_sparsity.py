@@ -50,15 +50,9 @@ def test_expected_pruned_per_row():
 
 
 def test_select_linears():
-    names = [
-        "self_attn.q_proj",
-        "self_attn.k_proj",
-        "self_attn.v_proj",
-        "self_attn.o_proj",
-        "mlp.gate_proj",
-        "mlp.up_proj",
-        "mlp.down_proj",
-    ]
+    from optima_jax.models.hf_names import LINEAR_NAMES
+
+    names = list(LINEAR_NAMES)
     mlp = {"mlp.gate_proj": "out", "mlp.up_proj": "out", "mlp.down_proj": "in"}
     assert select_linears(names, "all", mlp) == names
     assert select_linears(names, "mlp", mlp) == ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
