@@ -214,11 +214,14 @@ def main():
         for row in split_rows(args.rows):
             if (regime, row) in done or (row == "dense" and any(c["row"] == "dense" for c in results["cells"])):
                 continue
-            model = models.build_model(loaded.config, loaded.params, dtype=jnp.float32)
+            # A row's dtype override (dtype=bfloat16) is the activation dtype while pruning (Hessians stay float32);
+            # every row is evaluated in float32, so the rows differ only in how they were pruned.
+            cfg = cell_config(row, sparsity, scope, args.set) if row != "dense" else None
+            dtype = jnp.bfloat16 if cfg is not None and cfg.dtype == "bfloat16" else jnp.float32
+            model = models.build_model(loaded.config, loaded.params, dtype=dtype)
             cell = {"regime": regime, "row": row}
             t0 = time.perf_counter()
             if row != "dense":
-                cfg = cell_config(row, sparsity, scope, args.set)
                 selector, update = cfg.selector, cfg.weight_update
                 rows, times = pipeline.prune_blocks(model, loaded.config, ids, cfg, val_ids=val_ids, progress=False)
                 cell.update(
@@ -229,6 +232,7 @@ def main():
                         "selector": selector,
                         "update": update,
                         "solver": cfg.solver.to_dict(),
+                        "dtype": cfg.dtype,
                     },
                     linears=[
                         {
@@ -255,6 +259,8 @@ def main():
                 cell["mean_ratio"] = float(np.mean([r["ratio"] for r in rows if r["ratio"] is not None] or [np.nan]))
                 cell["skipped"] = int(sum(r["skipped"] for r in rows))
             cell["prune_s"] = time.perf_counter() - t0
+            if dtype != jnp.float32:
+                model = models.build_model(loaded.config, models.to_params_dict(model), dtype=jnp.float32)
             cell["ppl"] = ppl_all(model)
             results["cells"].append(cell)
             atomic_write_text(out, json.dumps(results, indent=1, default=float))  # a kill leaves the old file whole
