@@ -20,7 +20,10 @@ the optimum on real layers (docs/results.md), not the tight solve that Σxᵀx w
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+
+from optima_jax.transfers import fetch, to_device
 
 BOX_WIDTH = 1e-4  # pruned entries are boxed to [−w, −w + BOX_WIDTH], not fixed
 DUMMY_INEQUALITY_RHS = -1e5  # the dummy row 1ᵀΔ ≥ −1e5
@@ -40,11 +43,21 @@ def minibatch_rows(out_features: int, in_features: int) -> int:
     return min(out_features, max(1, MINIBATCH_BUDGET // (in_features**2)))
 
 
+def minibatch_fraction_min(optimal, in_features: int):
+    """The lowest fraction of OPTIMAL rows over the paper's mini-batches of a layer (optimal: bool (out,)), as
+    a device scalar (jittable: shapes only decide the batches)."""
+    ok = optimal.astype(jnp.float32)
+    R = ok.shape[0]
+    size = minibatch_rows(R, in_features)
+    nb = -(-R // size)
+    sums = jnp.pad(ok, (0, nb * size - R)).reshape(nb, size).sum(axis=1)
+    counts = jnp.minimum(size, R - size * jnp.arange(nb)).astype(jnp.float32)  # the last batch may be short
+    return jnp.min(sums / counts)
+
+
 def min_minibatch_fraction(optimal, in_features: int) -> float:
-    """The lowest fraction of OPTIMAL rows over the paper's mini-batches of a layer (optimal: bool (out,))."""
-    ok = jnp.asarray(optimal).astype(jnp.float32)
-    size = minibatch_rows(ok.shape[0], in_features)
-    return min(float(jnp.mean(ok[s : s + size])) for s in range(0, ok.shape[0], size))
+    """`minibatch_fraction_min` as a python float."""
+    return float(fetch(jax.jit(minibatch_fraction_min, static_argnums=1)(to_device(optimal), in_features)))
 
 
 def row_problem(Q, free, fixed_delta):
@@ -60,7 +73,13 @@ def row_problem(Q, free, fixed_delta):
     return Q, jnp.zeros((n,), Q.dtype), K, rhs, lo, hi, jnp.asarray([True, False]), 0.0
 
 
+def _bf16(x):
+    """x rounded to bfloat16, held in float32. reduce_precision, not a cast pair: inside jit XLA may drop a
+    float32 -> bfloat16 -> float32 round trip (excess precision), which would skip the paper's rounding."""
+    return jax.lax.reduce_precision(x.astype(jnp.float32), exponent_bits=8, mantissa_bits=7)
+
+
 def cast_weights(W, delta, keep_mask):
-    """The paper's write-back: bf16(W) + bf16(Δ) in bfloat16, pruned entries 0; returned as float32."""
-    new = W.astype(jnp.bfloat16) + delta.astype(jnp.bfloat16)
-    return jnp.where(keep_mask, new.astype(jnp.float32), 0.0)
+    """The paper's write-back: bf16(W) + bf16(Δ) in bfloat16, pruned entries 0; returned as float32 (the same
+    bits eagerly and inside jit)."""
+    return jnp.where(keep_mask, _bf16(_bf16(W) + _bf16(delta)), 0.0)

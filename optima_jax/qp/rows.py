@@ -27,6 +27,12 @@ Methods
     the paper's. Both raPDHG forms run in segments: finished rows leave the batch and waiting rows take
     their slots, so the cost is the sum of the rows' iterations, not rows x the slowest row's.
 
+Device residency: H, W, the masks and every work array stay device arrays from the caller to the result;
+the host sees shapes, python scalars going in, and scalars or row-level flags coming out, explicitly
+(`optima_jax.transfers`): the non-finite counts of H and W, the damp value, the direct method's largest free
+count, and rAPDHG's done flags once per segment (one bool per batch slot). Everything else is jitted, so a
+solve under `jax.transfer_guard("disallow")` raises only if something would copy an array implicitly.
+
 Dead input channels (diag H == 0, e.g. an input that is always zero) carry no signal: their kept
 weights are left unchanged (Δ_i = 0) and excluded from the solve. Singular H (fewer tokens than
 inputs, collinear inputs): "exact" needs nothing special — H = XᵀX makes each row's system
@@ -45,18 +51,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optima_jax.config import default_config
 from optima_jax.errors import OptimaError
 from optima_jax.qp import paper as _paper
 from optima_jax.qp import pcg as _pcg
 from optima_jax.qp.problem import TerminationStatus
 from optima_jax.qp import rapdhg as _pdhg
 from optima_jax.qp.rapdhg import PdhgConfig
+from optima_jax.transfers import fetch, put, to_device
 
 _JITTERS = (0.0, 1e-6, 1e-5, 1e-4, 1e-3)
 
 
 class RowSolveResult(NamedTuple):
-    """Result of `solve_rows`.
+    """Result of `solve_rows` (arrays on the device).
 
     weight:     float32 (out, in), pruned entries exactly 0.
     converged:  bool (out,): exact: finite and relative residual ≤ rtol; direct: finite and backward
@@ -90,23 +98,120 @@ class AutoDampResult(NamedTuple):
     rows_used: int
 
 
+def _tag(where: str) -> str:
+    return f" ({where})" if where else ""
+
+
+@jax.jit
+def _nonfinite_counts(*arrays):
+    return tuple(jnp.sum(~jnp.isfinite(a)).astype(jnp.int32) for a in arrays)
+
+
 def _validate(H, W, keep_mask, where: str):
-    H = np.asarray(H)
-    W = np.asarray(W)
-    keep_mask = np.asarray(keep_mask)
-    tag = f" ({where})" if where else ""
-    if H.ndim != 2 or H.shape[0] != H.shape[1]:
-        raise OptimaError(f"H must be square (in, in), got shape {H.shape}{tag}")
-    if W.ndim != 2 or W.shape[1] != H.shape[0]:
-        raise OptimaError(f"W must be (out, in) with in = {H.shape[0]} to match H, got {W.shape}{tag}")
-    if keep_mask.shape != W.shape:
-        raise OptimaError(f"keep_mask shape {keep_mask.shape} differs from W shape {W.shape}{tag}")
-    if keep_mask.dtype != np.bool_:
+    """Shapes and dtypes from the arrays' metadata; finiteness counted on the device (two scalars back).
+    Returns (H, W, keep_mask) as device arrays (float32, float32, bool)."""
+    tag = _tag(where)
+    if len(H.shape) != 2 or H.shape[0] != H.shape[1]:
+        raise OptimaError(f"H must be square (in, in), got shape {tuple(H.shape)}{tag}")
+    if len(W.shape) != 2 or W.shape[1] != H.shape[0]:
+        raise OptimaError(f"W must be (out, in) with in = {H.shape[0]} to match H, got {tuple(W.shape)}{tag}")
+    if tuple(keep_mask.shape) != tuple(W.shape):
+        raise OptimaError(f"keep_mask shape {tuple(keep_mask.shape)} differs from W shape {tuple(W.shape)}{tag}")
+    if np.dtype(keep_mask.dtype) != np.bool_:
         raise OptimaError(f"keep_mask must be boolean (True = kept), got dtype {keep_mask.dtype}{tag}")
-    if not np.all(np.isfinite(H)):
-        raise OptimaError(f"H has {int(np.sum(~np.isfinite(H)))} non-finite entries{tag}")
-    if not np.all(np.isfinite(W)):
-        raise OptimaError(f"W has {int(np.sum(~np.isfinite(W)))} non-finite entries{tag}")
+    H, W, keep_mask = to_device(H, np.float32), to_device(W, np.float32), to_device(keep_mask)
+    bad_h, bad_w = (int(c) for c in fetch(_nonfinite_counts(H, W)))
+    if bad_h:
+        raise OptimaError(f"H has {bad_h} non-finite entries{tag}")
+    if bad_w:
+        raise OptimaError(f"W has {bad_w} non-finite entries{tag}")
+    return H, W, keep_mask
+
+
+def _pairwise_mean(v):
+    """Mean of a float32 vector by pairwise summation (error O(log n · eps), close to a float64 mean)."""
+    n = v.shape[0]
+    if n == 0:
+        return jnp.zeros((), v.dtype)
+    s = jnp.pad(v, (0, (1 << (n - 1).bit_length()) - n))
+    while s.shape[0] > 1:
+        half = s.shape[0] // 2
+        s = s[:half] + s[half:]
+    return s[0] / n
+
+
+@jax.jit
+def _damped_hessian(H, damp):
+    """(Hn, Hd, dead, mean_diag, lam): symmetrised H, H + λI with λ = damp · mean(diag H) (mean 1 if ≤ 0),
+    the dead channels (diag H ≤ 0)."""
+    Hn = 0.5 * (H + H.T)
+    diag = jnp.diagonal(Hn)
+    mean_diag = _pairwise_mean(diag)
+    mean_diag = jnp.where(mean_diag > 0, mean_diag, 1.0)
+    lam = damp * mean_diag
+    Hd = Hn + lam * jnp.eye(Hn.shape[0], dtype=Hn.dtype)
+    return Hn, Hd, diag <= 0, mean_diag, lam
+
+
+@partial(jax.jit, static_argnames=("all_kept_free",))
+def _row_sets(W, mask, dead, *, all_kept_free):
+    """free (kept entries that are variables) and fixed_delta (−w on the pruned entries)."""
+    free = mask if all_kept_free else mask & ~dead[None, :]
+    return free, jnp.where(mask, 0.0, -W).astype(jnp.float32)
+
+
+def _pad_rows(a, pad, val):
+    return jnp.concatenate([a, jnp.full((pad,) + a.shape[1:], val, a.dtype)]) if pad else a
+
+
+@partial(jax.jit, static_argnames=("pad",))
+def _exact_inputs(W, W_init, free, fixed_delta, s, *, pad):
+    """Padded rows and the PCG start y0 = x0 / s (x0 = W_init − W on free entries, the fixed Δ elsewhere)."""
+    Wp, fp, dp = _pad_rows(W, pad, 0.0), _pad_rows(free, pad, False), _pad_rows(fixed_delta, pad, 0.0)
+    x0 = jnp.zeros_like(Wp) if W_init is None else _pad_rows(W_init - W, pad, 0.0)
+    x0 = jnp.where(fp, x0, dp).astype(jnp.float32)
+    return Wp, fp, dp, x0 / s[None, :]
+
+
+@jax.jit
+def _max_free(free):
+    return jnp.max(jnp.sum(free, axis=1)) if free.shape[0] else jnp.zeros((), jnp.int32)
+
+
+@partial(jax.jit, static_argnames=("k", "pad"))
+def _direct_inputs(W, free, fixed_delta, *, k, pad):
+    """Padded rows and, per row, the free indices first (in order) and which of the k slots are valid."""
+    Wp, fp, dp = _pad_rows(W, pad, 0.0), _pad_rows(free, pad, False), _pad_rows(fixed_delta, pad, 0.0)
+    order = jnp.argsort(~fp, axis=1, stable=True)[:, :k]
+    valid = jnp.take_along_axis(fp, order, axis=1)
+    return Wp, fp, dp, order.astype(jnp.int32), valid
+
+
+@partial(jax.jit, static_argnames=("paper", "warm"))
+def _pdhg_inputs(Hd, W, W_init, free, fixed_delta, scale, *, paper, warm):
+    """rAPDHG's Q and start: the paper's Q = Hd · scale from Δ = 0; rapdhg_sum: Hd from W_init − W."""
+    if paper:
+        return Hd * scale, jnp.zeros_like(W)
+    x0 = W_init - W if warm else jnp.zeros_like(W)
+    return Hd, jnp.where(free, x0, fixed_delta).astype(jnp.float32)
+
+
+@partial(jax.jit, static_argnames=("R", "paper", "exact_like"))
+def _finish(W, mask, Hn, delta, res, its, ok, obj, rtol, *, R, paper, exact_like):
+    """The first R rows: weight (pruned entries 0; the paper's bf16 write-back for rapdhg), converged,
+    iterations, objective ½ΔᵀHΔ with the undamped H (computed here when obj is None), residual."""
+    delta, res, its, ok = (t[:R] for t in (delta, res, its, ok))
+    if paper:  # the paper's bf16 write-back; Δ as actually applied
+        weight = _paper.cast_weights(W, delta, mask)
+        delta = jnp.where(mask, weight - W, -W)
+    else:
+        weight = jnp.where(mask, W + delta, 0.0)
+    if obj is None:
+        obj = 0.5 * jnp.sum(jnp.matmul(delta, Hn, precision=_pcg.HI) * delta, axis=1)
+    else:
+        obj = obj[:R]
+    converged = ok & (res <= rtol) if exact_like else ok
+    return weight, converged, its, obj, res
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,7 +222,7 @@ def _exact_batch(Hd, mean_diag, W, free, fixed_delta, idx, valid):
     """Direct solve for B rows. Hd (n,n) damped H; W, free, fixed_delta (B,n); idx, valid (B,k)."""
     del W
     B, k = idx.shape
-    G = fixed_delta @ Hd  # (B, n): (H Δ₀) per row
+    G = jnp.matmul(fixed_delta, Hd, precision=_pcg.HI)  # (B, n): (H Δ₀) per row
     rhs = -jnp.take_along_axis(G, idx, axis=1) * valid  # (B, k)
     vv = valid[:, :, None] & valid[:, None, :]
     Hg = jnp.where(vv, Hd[idx[:, :, None], idx[:, None, :]], 0.0)
@@ -140,9 +245,9 @@ def _exact_batch(Hd, mean_diag, W, free, fixed_delta, idx, valid):
         return jax.scipy.linalg.solve_triangular(L, y, lower=True, trans="T")[..., 0]
 
     z = solve(rhs)
-    r = rhs - jnp.einsum("bij,bj->bi", Hg, z)
+    r = rhs - jnp.einsum("bij,bj->bi", Hg, z, precision=_pcg.HI)
     z = z + solve(r)  # one step of iterative refinement
-    r = rhs - jnp.einsum("bij,bj->bi", Hg, z)
+    r = rhs - jnp.einsum("bij,bj->bi", Hg, z, precision=_pcg.HI)
     nrm = lambda v: jnp.max(jnp.abs(v), axis=-1)
     hn = jnp.max(jnp.sum(jnp.abs(Hg), axis=-1), axis=-1)
     berr = nrm(r) / jnp.maximum(hn * nrm(z) + nrm(rhs), jnp.finfo(Hd.dtype).tiny)
@@ -205,26 +310,30 @@ _ROW_QPS = {"rapdhg": _paper.row_problem, "rapdhg_sum": _row_qp}  # method -> on
 
 
 @partial(jax.jit, static_argnames=("cfg", "form", "mesh", "axis_name"))
-def _pdhg_start(Hd, free, fixed_delta, x0, *, cfg, form, mesh, axis_name):
+def _pdhg_start(Hd, free, fixed_delta, x0, ids, *, cfg, form, mesh, axis_name):
+    """The start states of rows `ids` (gathered here, on the device)."""
     row_qp = _ROW_QPS[form]
 
     def one(H, f, d, x):
         prob = row_qp(H, f, d)
         return _pdhg.start(*prob, x, jnp.zeros(prob[3].shape, H.dtype), cfg)
 
-    return _rows_map(one, mesh, axis_name)(Hd, free, fixed_delta, x0)
+    return _rows_map(one, mesh, axis_name)(Hd, free[ids], fixed_delta[ids], x0[ids])
 
 
-@partial(jax.jit, static_argnames=("cfg", "form", "mesh", "axis_name"))
-def _pdhg_advance(Hd, free, fixed_delta, state, until, *, cfg, form, mesh, axis_name):
+@partial(jax.jit, static_argnames=("cfg", "form", "mesh", "axis_name", "segment"))
+def _pdhg_advance(Hd, free, fixed_delta, ids, state, *, cfg, form, mesh, axis_name, segment):
+    """Every slot `segment` more iterations (or until it terminates); slot s holds row ids[s]."""
     row_qp = _ROW_QPS[form]
     return _rows_map(lambda H, f, d, st, u: _pdhg.advance(*row_qp(H, f, d), st, cfg, u), mesh, axis_name)(
-        Hd, free, fixed_delta, state, until
+        Hd, free[ids], fixed_delta[ids], state, state.it + segment
     )
 
 
-@partial(jax.jit, static_argnames=("cfg", "form", "mesh", "axis_name"))
-def _pdhg_finish(Hd, free, fixed_delta, state, *, cfg, form, mesh, axis_name):
+@partial(jax.jit, static_argnames=("cfg", "form", "mesh", "axis_name"), donate_argnums=(7,))
+def _pdhg_collect(Hd, free, fixed_delta, ids, state, slots, rows, out, *, cfg, form, mesh, axis_name):
+    """Finish every slot and write slots[j]'s (Δ, residual, iterations, OPTIMAL) into out at rows[j]
+    (rows[j] = R, out of range, for padding entries: dropped)."""
     row_qp = _ROW_QPS[form]
 
     def one(H, f, d, st):
@@ -232,7 +341,33 @@ def _pdhg_finish(Hd, free, fixed_delta, state, *, cfg, form, mesh, axis_name):
         res = jnp.maximum(jnp.maximum(ci[5], ci[6]), ci[8])
         return jnp.where(f, x, d), res, its.astype(jnp.int32), status == int(TerminationStatus.OPTIMAL)
 
-    return _rows_map(one, mesh, axis_name)(Hd, free, fixed_delta, state)
+    got = _rows_map(one, mesh, axis_name)(Hd, free[ids], fixed_delta[ids], state)
+    return tuple(o.at[rows].set(g[slots], mode="drop") for o, g in zip(out, got))
+
+
+@partial(jax.jit, static_argnames=("R", "n"))
+def _pdhg_buffers(*, R, n):
+    return jnp.zeros((R, n), jnp.float32), jnp.zeros(R, jnp.float32), jnp.zeros(R, jnp.int32), jnp.zeros(R, bool)
+
+
+@partial(jax.jit, static_argnames=("size",))
+def _blank_state(new, *, size):
+    """A batch of `size` finished (empty) slots shaped like the states in `new`."""
+    st = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a[:1], (size,) + a.shape[1:]), new)
+    return st._replace(done=jnp.ones_like(st.done))
+
+
+@jax.jit
+def _fill_slots(state, new, slots):
+    """state[slots[j]] = new[j] (slots[j] out of range: dropped)."""
+    return jax.tree_util.tree_map(lambda a, b: a.at[slots].set(b, mode="drop"), state, new)
+
+
+@jax.jit
+def _regather(state, keep, n_live):
+    """The batch rebuilt from slots `keep` (live ones first); slots from n_live on are marked empty."""
+    st = jax.tree_util.tree_map(lambda a: a[keep], state)
+    return st._replace(done=st.done | (jnp.arange(keep.shape[0]) >= n_live))
 
 
 def _bucket(k: int, pool: int, ndev: int) -> int:
@@ -250,20 +385,16 @@ def _rapdhg_rows(Hd, cfg: PdhgConfig, free, fixed_delta, x0, *, form: str, pool:
     rows, or, once none wait, the batch shrinks to the live rows; so the batch never runs on behind its
     slowest row as one vmapped while_loop does. Each row's iterates are those of `solve_dense` alone.
 
-    Hd (n, n); free, fixed_delta, x0: numpy (R, n); form: a key of _ROW_QPS (the row QP's construction).
-    Returns numpy (delta (R, n), res, its, ok)."""
+    Hd (n, n); free, fixed_delta, x0: device (R, n); form: a key of _ROW_QPS (the row QP's construction).
+    Returns device (delta (R, n), res, its, ok). The scheduling is host bookkeeping of row ids: the only
+    thing that comes back per segment is the batch's done flags (one bool per slot)."""
     R, n = free.shape
     ndev = 1 if mesh is None else int(mesh.shape[axis_name])
     kw = dict(cfg=cfg, form=form, mesh=mesh, axis_name=axis_name)
-    delta = np.zeros((R, n), np.float32)
-    res, its, ok = np.zeros(R, np.float32), np.zeros(R, np.int32), np.zeros(R, bool)
+    out = _pdhg_buffers(R=R, n=n)
     slot_row = np.full(0, -1)  # row id held by each slot of the batch (-1: empty)
     state = None
     nxt = 0  # next row waiting to start
-
-    def inputs(ids):
-        ids = np.where(ids >= 0, ids, 0)
-        return jnp.asarray(free[ids]), jnp.asarray(fixed_delta[ids])
 
     while nxt < R or (slot_row >= 0).any():
         live = np.flatnonzero(slot_row >= 0)
@@ -272,9 +403,7 @@ def _rapdhg_rows(Hd, cfg: PdhgConfig, free, fixed_delta, x0, *, form: str, pool:
         if state is None or size != len(slot_row):  # (re)build the batch: live rows first
             keep = np.concatenate([live, np.full(size - len(live), live[0] if len(live) else 0)])
             if state is not None:
-                idx = jnp.asarray(keep)
-                state = jax.tree_util.tree_map(lambda a: a[idx], state)
-                state = state._replace(done=state.done.at[len(live) :].set(True))
+                state = _regather(state, put(keep, np.int32), put(len(live), np.int32))
             slot_row = np.concatenate([slot_row[live], np.full(size - len(live), -1)])
         empty = np.flatnonzero(slot_row < 0)
         if waiting and len(empty):  # start waiting rows in the empty slots
@@ -282,25 +411,25 @@ def _rapdhg_rows(Hd, cfg: PdhgConfig, free, fixed_delta, x0, *, form: str, pool:
             ids = np.arange(nxt, nxt + len(take))
             nxt += len(take)
             nb = _bucket(len(take), pool, ndev)
-            pad = np.concatenate([ids, np.full(nb - len(ids), ids[0])])
-            f, d = inputs(pad)
-            new = _pdhg_start(Hd, f, d, jnp.asarray(x0[pad]), **kw)
+            new = _pdhg_start(
+                Hd, free, fixed_delta, x0, put(np.concatenate([ids, np.full(nb - len(ids), ids[0])]), np.int32), **kw
+            )
             if state is None:
-                state = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a[:1], (len(slot_row),) + a.shape[1:]), new)
-                state = state._replace(done=jnp.ones_like(state.done))
-            sl = jnp.asarray(take)
-            state = jax.tree_util.tree_map(lambda a, b: a.at[sl].set(b[: len(take)]), state, new)
+                state = _blank_state(new, size=len(slot_row))
+            slots = np.concatenate([take, np.full(nb - len(take), len(slot_row))])  # padding: out of range
+            state = _fill_slots(state, new, put(slots, np.int32))
             slot_row[take] = ids
-        f, d = inputs(slot_row)
-        state = _pdhg_advance(Hd, f, d, state, state.it + segment, **kw)
-        done = np.asarray(state.done) & (slot_row >= 0)
+        ids = put(np.where(slot_row >= 0, slot_row, 0), np.int32)
+        state = _pdhg_advance(Hd, free, fixed_delta, ids, state, segment=segment, **kw)
+        done = np.asarray(fetch(state.done)) & (slot_row >= 0)
         if done.any():
-            x, r, it, good = (np.asarray(t) for t in _pdhg_finish(Hd, f, d, state, **kw))
             fin = np.flatnonzero(done)
-            rows = slot_row[fin]
-            delta[rows], res[rows], its[rows], ok[rows] = x[fin], r[fin], it[fin], good[fin]
+            slots = np.zeros(len(slot_row), np.int32)
+            rows = np.full(len(slot_row), R, np.int32)
+            slots[: len(fin)], rows[: len(fin)] = fin, slot_row[fin]
+            out = _pdhg_collect(Hd, free, fixed_delta, ids, state, put(slots, np.int32), put(rows, np.int32), out, **kw)
             slot_row[fin] = -1
-    return delta, res, its, ok
+    return out
 
 
 @partial(jax.jit, static_argnames=("method", "bs", "mesh", "axis_name"))
@@ -370,13 +499,8 @@ class SharedPreconditioner(NamedTuple):
 def shared_preconditioner(H, damp: float = 0.0, precond_rho: float = 1e-3) -> SharedPreconditioner:
     """The exact method's inverse preconditioner for H damped by damp · mean(diag H), to pass to
     `solve_rows(..., shared=...)` for solves of the same H at other damps."""
-    Hn = np.asarray(H, np.float32)
-    Hn = 0.5 * (Hn + Hn.T)
-    diag = np.diag(Hn).astype(np.float64)
-    mean_diag = float(diag.mean()) if len(diag) else 0.0
-    lam = float(damp) * (mean_diag if mean_diag > 0 else 1.0)
-    Hd = Hn + np.float32(lam) * np.eye(len(diag), dtype=np.float32)
-    _, s, Pinv = _pcg_setup(jnp.asarray(Hd), jnp.asarray(diag <= 0), jnp.float32(precond_rho), preconditioner="inverse")
+    _, Hd, dead, _, _ = _damped_hessian(to_device(H, np.float32), put(damp))
+    _, s, Pinv = _pcg_setup(Hd, dead, put(precond_rho), preconditioner="inverse")
     return SharedPreconditioner(Pinv=Pinv, s=s)
 
 
@@ -413,7 +537,8 @@ def solve_rows(
 ) -> RowSolveResult:
     """OPTIMA's per-row weight update for one linear layer (see module docstring).
 
-    H: (in, in) Σ xᵀx; W: (out, in) dense weights; keep_mask: bool (out, in), True = kept.
+    H: (in, in) Σ xᵀx; W: (out, in) dense weights; keep_mask: bool (out, in), True = kept. Device arrays stay
+    on the device (host arrays are uploaded once); the result's arrays are device arrays.
     Settings left as None take their run default from ``optima_jax.config.default_config().solver`` (method,
     eps_abs, eps_rel, iteration_limit, rtol, memory_budget_gb): one home for each default. ``damp`` has none
     here: the QP's ridge is the caller's decision (0 = the paper's QP; the run default is solver.damp).
@@ -438,8 +563,6 @@ def solve_rows(
         waiting rows take their slots (a row's iterates do not depend on it; it trades host round trips
         against idle slots).
     """
-    from optima_jax.config import default_config
-
     run = default_config().solver
     method = run.method if method is None else method
     eps_abs = run.eps_abs if eps_abs is None else eps_abs
@@ -448,48 +571,32 @@ def solve_rows(
     rtol = run.rtol if rtol is None else rtol
     if memory_budget_bytes is None:
         memory_budget_bytes = int(float(run.memory_budget_gb) * (1 << 30))
-    _validate(H, W, keep_mask, where)
+    tag = _tag(where)
     if int(rapdhg_segment) < 1:
-        raise OptimaError(f"rapdhg_segment must be ≥ 1, got {rapdhg_segment}" + (f" ({where})" if where else ""))
+        raise OptimaError(f"rapdhg_segment must be ≥ 1, got {rapdhg_segment}{tag}")
     if method not in ("exact", "direct", "rapdhg", "rapdhg_sum"):
-        raise OptimaError(
-            f"unknown solve method {method!r}: use 'exact', 'direct', 'rapdhg' or 'rapdhg_sum'"
-            + (f" ({where})" if where else "")
-        )
+        raise OptimaError(f"unknown solve method {method!r}: use 'exact', 'direct', 'rapdhg' or 'rapdhg_sum'{tag}")
     if method == "rapdhg" and not (isinstance(n_tokens, (int, np.integer)) and n_tokens >= 1):
         raise OptimaError(
             "method='rapdhg' solves the paper's QP on the mean covariance H / n_tokens: pass n_tokens, "
-            f"the number of tokens summed into H (got {n_tokens!r})" + (f" ({where})" if where else "")
+            f"the number of tokens summed into H (got {n_tokens!r}){tag}"
         )
     if preconditioner not in ("inverse", "jacobi"):
-        raise OptimaError(
-            f"unknown preconditioner {preconditioner!r}: use 'inverse' or 'jacobi'" + (f" ({where})" if where else "")
-        )
+        raise OptimaError(f"unknown preconditioner {preconditioner!r}: use 'inverse' or 'jacobi'{tag}")
     if not (precond_rho > 0 and math.isfinite(precond_rho)):
-        raise OptimaError(
-            f"precond_rho must be a finite number > 0, got {precond_rho}" + (f" ({where})" if where else "")
-        )
+        raise OptimaError(f"precond_rho must be a finite number > 0, got {precond_rho}{tag}")
     if damp < 0 or not math.isfinite(damp):
-        raise OptimaError(f"damp must be a finite number ≥ 0, got {damp}" + (f" ({where})" if where else ""))
-    Hn = np.asarray(H, np.float32)
-    Hn = 0.5 * (Hn + Hn.T)
-    Wn = np.asarray(W, np.float32)
-    mask = np.asarray(keep_mask)
-    R, n = Wn.shape
-    diag = np.diag(Hn).astype(np.float64)
-    mean_diag = float(diag.mean()) if n else 0.0
-    if mean_diag <= 0:
-        mean_diag = 1.0
-    lam = float(damp) * mean_diag
-    dead = diag <= 0
+        raise OptimaError(f"damp must be a finite number ≥ 0, got {damp}{tag}")
+    H, W, mask = _validate(H, W, keep_mask, where)
+    W_init = None if W_init is None else to_device(W_init, np.float32)
+    R, n = W.shape
+    Hn, Hd, dead, mean_diag, lam = _damped_hessian(H, put(damp))
     # rapdhg: every kept entry is a variable, as in the paper's code (a dead input's weight stays at Δ = 0)
-    free = mask if method == "rapdhg" else mask & ~dead[None, :]
-    fixed_delta = np.where(mask, 0.0, -Wn).astype(np.float32)
-    Hd = Hn + np.float32(lam) * np.eye(n, dtype=np.float32)
+    free, fixed_delta = _row_sets(W, mask, dead, all_kept_free=method == "rapdhg")
 
     ndev = 1 if mesh is None else int(mesh.shape[axis_name])
     if method == "direct":
-        k = max(int(free.sum(1).max()) if R else 1, 1)
+        k = max(int(fetch(_max_free(free))) if R else 1, 1)
         per_row = 4 * (3 * k * k + 10 * n)
     elif method == "exact":
         k = 0
@@ -500,52 +607,44 @@ def solve_rows(
     rows_per_dev = -(-R // ndev)
     bs = int(max(1, min(rows_per_dev, memory_budget_bytes // max(per_row, 1))))
     rows_per_dev = -(-rows_per_dev // bs) * bs
-    Rp = rows_per_dev * ndev
-    pad = Rp - R
+    pad = rows_per_dev * ndev - R
 
-    def padr(a, val):
-        return np.concatenate([a, np.full((pad,) + a.shape[1:], val, a.dtype)]) if pad else a
-
-    Wp, fp, dp = padr(Wn, 0.0), padr(free, False), padr(fixed_delta, 0.0)
-    pcg_args = ()
+    obj = None
     if method == "exact":
         if shared is not None:
             if tuple(shared.Pinv.shape) != (n, n):
-                raise OptimaError(
-                    f"shared preconditioner is {tuple(shared.Pinv.shape)}, H is {(n, n)}"
-                    + (f" ({where})" if where else "")
-                )
-            Hs, s, Pinv = _pcg_setup_shared(jnp.asarray(Hd), jnp.asarray(dead), shared.Pinv, shared.s)
+                raise OptimaError(f"shared preconditioner is {tuple(shared.Pinv.shape)}, H is {(n, n)}{tag}")
+            Hs, s, Pinv = _pcg_setup_shared(Hd, dead, shared.Pinv, shared.s)
         else:
-            Hs, s, Pinv = _pcg_setup(
-                jnp.asarray(Hd), jnp.asarray(dead), jnp.float32(precond_rho), preconditioner=preconditioner
-            )
-        x0 = np.zeros_like(Wp) if W_init is None else padr(np.asarray(W_init, np.float32) - Wn, 0.0)
-        x0 = np.where(fp, x0, dp).astype(np.float32)
-        y0 = jnp.asarray(x0) / s[None, :]
+            Hs, s, Pinv = _pcg_setup(Hd, dead, put(precond_rho), preconditioner=preconditioner)
+        Wp, fp, dp, y0 = _exact_inputs(W, W_init, free, fixed_delta, s, pad=pad)
         max_iter = int(min(iteration_limit, 4 * n + 100))
-        pcg_args = (Hs, s, Pinv, jnp.int32(max_iter), jnp.float32(rtol))
+        pcg_args = (Hs, s, Pinv, put(max_iter, np.int32), put(rtol))
         extra = (y0,)
     elif method == "direct":
-        order = np.argsort(~fp, axis=1, kind="stable")[:, :k]  # free indices first, in order
-        valid = np.take_along_axis(fp, order, axis=1)
-        extra = (jnp.asarray(order.astype(np.int32)), jnp.asarray(valid))
+        Wp, fp, dp, order, valid = _direct_inputs(W, free, fixed_delta, k=k, pad=pad)
+        pcg_args = ()
+        extra = (order, valid)
     else:
-        if method == "rapdhg":  # the paper's Q: the mean covariance, from Δ = 0
-            Q = Hd * np.float32(_paper.hessian_scale(int(n_tokens)))
-            x0 = np.zeros_like(Wn)
-        else:
-            Q = Hd
-            x0 = np.zeros_like(Wn) if W_init is None else np.asarray(W_init, np.float32) - Wn
-            x0 = np.where(free, x0, fixed_delta).astype(np.float32)
+        paper = method == "rapdhg"
+        Q, x0 = _pdhg_inputs(
+            Hd,
+            W,
+            W_init,
+            free,
+            fixed_delta,
+            put(_paper.hessian_scale(int(n_tokens)) if paper else 1.0),
+            paper=paper,
+            warm=W_init is not None,
+        )
         cfg = PdhgConfig(
             eps_abs=float(eps_abs),
             eps_rel=float(eps_rel),
             iteration_limit=int(iteration_limit),
-            continue_after_optimal=method == "rapdhg",
-        )  # MPAX's last block of steps
+            continue_after_optimal=paper,  # MPAX's last block of steps
+        )
         delta, res, its, ok = _rapdhg_rows(
-            jnp.asarray(Q),
+            Q,
             cfg,
             free,
             fixed_delta,
@@ -556,39 +655,58 @@ def solve_rows(
             mesh=mesh,
             axis_name=axis_name,
         )
-        delta, res, its, ok = (jnp.asarray(t) for t in (delta, res, its, ok))
-        if method == "rapdhg":  # the paper's bf16 write-back; Δ as actually applied
-            weight = _paper.cast_weights(jnp.asarray(Wn), delta, jnp.asarray(mask))
-            delta = jnp.where(jnp.asarray(mask), weight - jnp.asarray(Wn), -jnp.asarray(Wn))
-        obj = 0.5 * jnp.sum(jnp.matmul(delta, jnp.asarray(Hn), precision=_pcg.HI) * delta, axis=1)
-    if method not in ("rapdhg", "rapdhg_sum"):
+    if method in ("exact", "direct"):
         delta, res, its, ok, obj = _solve_all(
-            jnp.asarray(Hd),
-            jnp.asarray(Hn),
-            jnp.float32(mean_diag),
-            jnp.asarray(Wp),
-            jnp.asarray(fp),
-            jnp.asarray(dp),
-            extra,
-            pcg_args,
-            method=method,
-            bs=bs,
-            mesh=mesh,
-            axis_name=axis_name,
+            Hd, Hn, mean_diag, Wp, fp, dp, extra, pcg_args, method=method, bs=bs, mesh=mesh, axis_name=axis_name
         )
-        delta, res, its, ok, obj = (t[:R] for t in (delta, res, its, ok, obj))
-    if method != "rapdhg":
-        weight = jnp.where(jnp.asarray(mask), jnp.asarray(Wn) + delta, 0.0)
-    converged = ok & (res <= rtol) if method in ("exact", "direct") else ok
+    weight, converged, its, obj, res = _finish(
+        W,
+        mask,
+        Hn,
+        delta,
+        res,
+        its,
+        ok,
+        obj,
+        put(rtol),
+        R=R,
+        paper=method == "rapdhg",
+        exact_like=method in ("exact", "direct"),
+    )
     return RowSolveResult(
-        weight=weight, converged=converged, iterations=its, objective=obj, residual=res, damp_value=lam
+        weight=weight,
+        converged=converged,
+        iterations=its,
+        objective=obj,
+        residual=res,
+        damp_value=float(fetch(lam)),
     )
 
 
+@jax.jit
+def _validation_error(W_new, W_dense, H_val):
+    d = W_new.astype(jnp.float64) - W_dense.astype(jnp.float64)
+    return jnp.sum(jnp.matmul(d, H_val.astype(jnp.float64), precision=_pcg.HI) * d)
+
+
 def validation_error(W_new, W_dense, H_val) -> float:
-    """trace(ΔW H_val ΔWᵀ) with ΔW = W_new − W_dense (float64 on the host)."""
-    d = np.asarray(W_new, np.float64) - np.asarray(W_dense, np.float64)
-    return float(np.sum((d @ np.asarray(H_val, np.float64)) * d))
+    """trace(ΔW H_val ΔWᵀ) with ΔW = W_new − W_dense, in float64 on the device (one scalar back): auto damping
+    ranks damps whose errors differ in the 7th digit, below float32's resolution."""
+    args = (to_device(W_new, np.float32), to_device(W_dense, np.float32), to_device(H_val, np.float32))
+    with jax.enable_x64(True):
+        return float(fetch(_validation_error(*args)))
+
+
+@jax.jit
+def _take_rows(a, rows):
+    return a[rows]
+
+
+@jax.jit
+def _auto_damp_start(W, mask, init, rows, sub):
+    """The full solve's start: the selector's weights (W on kept entries without one), the grid's rows."""
+    start = jnp.where(mask, W, 0.0) if init is None else init
+    return start.at[rows].set(sub)
 
 
 def auto_damp_solve(
@@ -616,53 +734,52 @@ def auto_damp_solve(
     are then never run); their val_errors are None. The chosen damp is then solved on all rows to the
     caller's rtol, reusing the grid's preconditioner for that damp (exact method), its subset rows
     warm-started from the grid. solver_kw: passed to `solve_rows` (method, rtol, memory_budget_bytes, ...).
+    H, W, H_val and the weights stay on the device; each validation error comes back as one scalar.
     """
-    from optima_jax.config import default_config
-
     run = default_config().solver
     grid = run.auto_damp_grid if grid is None else grid  # None: the run default, solver.auto_damp_grid
     where = solver_kw.get("where", "")
-    Hv = np.asarray(H_val, np.float64)  # converted once: every validation_error below reuses it
-    if Hv.shape != np.shape(H):
-        raise OptimaError(
-            f"H_val shape {Hv.shape} differs from H shape {np.shape(H)}" + (f" ({where})" if where else "")
-        )
-    if not np.all(np.isfinite(Hv)):
-        raise OptimaError("H_val has non-finite entries" + (f" ({where})" if where else ""))
+    tag = _tag(where)
+    if tuple(H_val.shape) != tuple(np.shape(H)):
+        raise OptimaError(f"H_val shape {tuple(H_val.shape)} differs from H shape {tuple(np.shape(H))}{tag}")
+    Hv = to_device(H_val, np.float32)
+    if int(fetch(_nonfinite_counts(Hv))[0]):
+        raise OptimaError(f"H_val has non-finite entries{tag}")
     if len(grid) == 0:
-        raise OptimaError("auto_damp_solve needs a non-empty damp grid" + (f" ({where})" if where else ""))
+        raise OptimaError(f"auto_damp_solve needs a non-empty damp grid{tag}")
     if any(not (g >= 0 and math.isfinite(g)) for g in grid):
-        raise OptimaError(
-            f"damp grid values must be finite and ≥ 0, got {tuple(grid)}" + (f" ({where})" if where else "")
-        )
-    _validate(H, W, keep_mask, where)
-    Wn = np.asarray(W, np.float32)
-    mask = np.asarray(keep_mask)
+        raise OptimaError(f"damp grid values must be finite and ≥ 0, got {tuple(grid)}{tag}")
+    H, Wn, mask = _validate(H, W, keep_mask, where)
     R = Wn.shape[0]
     m = min(R, max(int(min_rows), int(math.ceil(row_fraction * R))))
-    rows = np.sort(np.random.default_rng(seed).choice(R, m, replace=False)) if m < R else np.arange(R)
+    if m < R:
+        rows = put(np.sort(np.random.default_rng(seed).choice(R, m, replace=False)), np.int32)
+        Wsub, msub = _take_rows(Wn, rows), _take_rows(mask, rows)
+    else:
+        rows, Wsub, msub = None, Wn, mask
     kw = dict(solver_kw)
     init = kw.pop("W_init", None)
+    init = None if init is None else to_device(init, np.float32)
     final_rtol = kw.pop("rtol", None) or run.rtol
     grid = tuple(float(g) for g in grid)
     own_setup = (kw.get("method") or run.method) == "exact" and kw.get("preconditioner", "inverse") == "inverse"
-    prev = None if init is None else np.asarray(init, np.float32)[rows]
+    prev = None if init is None else (init if rows is None else _take_rows(init, rows))
     errs = [None] * len(grid)
     best = None  # (error, grid index, result on the subset, preconditioner)
     for gi in sorted(range(len(grid)), key=lambda i: -grid[i]):
         pre = shared_preconditioner(H, grid[gi], kw.get("precond_rho", 1e-3)) if own_setup else None
         r = solve_rows(
             H,
-            Wn[rows],
-            mask[rows],
+            Wsub,
+            msub,
             damp=grid[gi],
             W_init=prev,
             rtol=final_rtol if m == R else min(grid_rtol, final_rtol),
             shared=pre,
             **kw,
         )
-        prev = np.asarray(r.weight)
-        errs[gi] = validation_error(prev, Wn[rows], Hv) * (R / m)
+        prev = r.weight
+        errs[gi] = validation_error(prev, Wsub, Hv) * (R / m)
         if best is None or errs[gi] < best[0]:
             best = (errs[gi], gi, r, pre)
         elif early_stop:
@@ -671,8 +788,7 @@ def auto_damp_solve(
     if m == R:
         final = sub
     else:
-        start = np.where(mask, Wn, 0.0).astype(np.float32) if init is None else np.array(init, np.float32)
-        start[rows] = np.asarray(sub.weight)
+        start = _auto_damp_start(Wn, mask, init, rows, sub.weight)
         final = solve_rows(H, Wn, mask, damp=grid[bi], W_init=start, rtol=final_rtol, shared=pre, **kw)
     return AutoDampResult(
         result=final,

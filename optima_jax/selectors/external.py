@@ -16,11 +16,14 @@ import os
 from pathlib import Path
 from typing import Mapping
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from optima_jax.fileio import atomic_write
-from optima_jax.selectors import SelectionResult, SelectorError, check_inputs, register_selector
+from optima_jax.selectors.base import SelectionResult, SelectorError, check_inputs, register_selector
+from optima_jax.selectors.masks import apply_mask
+from optima_jax.transfers import to_device
 
 _ALLOWED = (np.bool_, np.uint8)
 
@@ -109,8 +112,14 @@ def external(
         src = f"{path}: mask {name!r}"
     else:
         src = f"mask {name!r}" if name else f"{where}: mask"
-    mask = np.asarray(mask)
-    if mask.shape != tuple(W.shape):
-        raise SelectorError(f"{src} has shape {mask.shape} but the weight has shape {tuple(W.shape)}")
-    keep = jnp.asarray(mask != 0)
-    return SelectionResult(keep, jnp.where(keep, W, 0).astype(W.dtype), {"selector": "external"})
+    if not isinstance(mask, jax.Array):  # from a file or the caller's host array: one explicit upload
+        mask = to_device(np.asarray(mask))
+    if tuple(mask.shape) != tuple(W.shape):
+        raise SelectorError(f"{src} has shape {tuple(mask.shape)} but the weight has shape {tuple(W.shape)}")
+    keep = _as_keep(mask)
+    return SelectionResult(keep, apply_mask(keep, W), {"selector": "external"})
+
+
+@jax.jit
+def _as_keep(mask):
+    return mask if mask.dtype == jnp.bool_ else mask != 0

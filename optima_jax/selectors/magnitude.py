@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from optima_jax.selectors import SelectionResult, SelectorError, check_inputs, register_selector
-from optima_jax.selectors.masks import keep_mask_for_spec
+from optima_jax.selectors.base import SelectionResult, SelectorError, check_inputs, register_selector
+from optima_jax.selectors.masks import apply_mask, keep_mask_for_spec
 
 
 @register_selector("magnitude")
@@ -22,4 +22,4 @@ def magnitude(W, stats=None, spec=0.5, *, scope: str = "row", where: str = "laye
     if scope not in ("row", "layer"):
         raise SelectorError(f"{where}: magnitude scope must be 'row' or 'layer', got {scope!r}")
     keep = keep_mask_for_spec(jnp.abs(W), spec, scope)
-    return SelectionResult(keep, jnp.where(keep, W, 0).astype(W.dtype), {"selector": "magnitude", "scope": scope})
+    return SelectionResult(keep, apply_mask(keep, W), {"selector": "magnitude", "scope": scope})

@@ -47,6 +47,12 @@ def keep_mask_for_spec(metric: jax.Array, spec, scope: str = "row") -> jax.Array
     return keep_mask_layer(metric, int(metric.size * spec.ratio))
 
 
+@jax.jit
+def apply_mask(keep: jax.Array, W: jax.Array) -> jax.Array:
+    """W with the pruned entries (keep False) exactly 0, in W's dtype (jitted: no host scalar crosses)."""
+    return jnp.where(keep, W, jnp.zeros((), W.dtype))
+
+
 def lexsort_metric(primary: jax.Array, secondary: jax.Array) -> jax.Array:
     """A float metric ordering entries by ``primary`` then ``secondary`` (both (out, in), per row).
 

@@ -33,8 +33,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from optima_jax.selectors import SelectionResult, SelectorError, check_block_args, check_inputs, register_selector
+from optima_jax.selectors.base import SelectionResult, SelectorError, check_block_args, check_inputs, register_selector
 from optima_jax.selectors._hinv import mm, prepare
+from optima_jax.transfers import fetch, put, to_device
 from optima_jax.selectors.masks import _ranks
 
 
@@ -136,8 +137,8 @@ def sparsegpt(
     check_block_args("sparsegpt", spec, blocksize, mask_scope, ("row", "block"), where)
     Wn, keep, losses, ok = _sparsegpt_core(
         W,
-        jnp.asarray(stats.H),
-        percdamp,
+        to_device(stats.H),
+        put(percdamp),
         kind=spec.kind,
         ratio=float(spec.ratio),
         n=spec.n,
@@ -146,7 +147,7 @@ def sparsegpt(
         mask_scope=mask_scope,
         off_by_one=bool(reference_off_by_one),
     )
-    if not bool(ok):
+    if not bool(fetch(ok)):
         raise SelectorError(
             f"{where}: sparsegpt Cholesky of the damped Hessian failed (non-finite); increase percdamp (now {percdamp})"
         )

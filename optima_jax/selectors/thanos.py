@@ -31,8 +31,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from optima_jax.selectors import SelectionResult, SelectorError, check_block_args, check_inputs, register_selector
+from optima_jax.selectors.base import SelectionResult, SelectorError, check_block_args, check_inputs, register_selector
 from optima_jax.selectors._hinv import mm, prepare
+from optima_jax.transfers import fetch, put, to_device
 from optima_jax.selectors.masks import _ranks
 
 
@@ -123,8 +124,8 @@ def thanos(
     k_layer = int(out * cols * spec.ratio) if spec.kind == "unstructured" else 0
     Wn, keep, ok = _thanos_core(
         W,
-        jnp.asarray(stats.H),
-        percdamp,
+        to_device(stats.H),
+        put(percdamp),
         kind=spec.kind,
         k_row=k_row,
         k_layer=k_layer,
@@ -134,7 +135,7 @@ def thanos(
         mask_scope=mask_scope,
         row_chunk=int(row_chunk),
     )
-    if not bool(ok):
+    if not bool(fetch(ok)):
         raise SelectorError(
             f"{where}: thanos Cholesky of the damped Hessian failed (non-finite); increase percdamp (now {percdamp})"
         )

@@ -13,10 +13,13 @@ entry with a positive metric.
 
 from __future__ import annotations
 
+from functools import partial
+
+import jax
 import jax.numpy as jnp
 
-from optima_jax.selectors import SelectionResult, check_inputs, register_selector
-from optima_jax.selectors.masks import keep_mask_for_spec, lexsort_metric
+from optima_jax.selectors.base import SelectionResult, check_inputs, register_selector
+from optima_jax.selectors.masks import apply_mask, keep_mask_for_spec, lexsort_metric
 
 
 def wanda_metric(W, sq_norms):
@@ -28,8 +31,13 @@ def wanda_metric(W, sq_norms):
 def wanda(W, stats, spec, *, shift_zero_metrics: bool = False, where: str = "layer") -> SelectionResult:
     """W (out, in) float32, stats.H (in, in). Returns W*mask (no weight update)."""
     W, spec = check_inputs(W, stats, spec, where)
-    metric = wanda_metric(W, stats.sq_norms)
-    if shift_zero_metrics:
+    keep = _wanda_keep(W, stats.sq_norms, spec=spec, shift=bool(shift_zero_metrics))
+    return SelectionResult(keep, apply_mask(keep, W), {"selector": "wanda"})
+
+
+@partial(jax.jit, static_argnames=("spec", "shift"))
+def _wanda_keep(W, sq_norms, *, spec, shift):
+    metric = wanda_metric(W, sq_norms)
+    if shift:
         metric = lexsort_metric(metric, jnp.abs(W))
-    keep = keep_mask_for_spec(metric, spec, "row")
-    return SelectionResult(keep, jnp.where(keep, W, 0).astype(W.dtype), {"selector": "wanda"})
+    return keep_mask_for_spec(metric, spec, "row")

@@ -16,12 +16,19 @@ does not exist is an error, not silently dropped.
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
+from optima_jax import qp
+from optima_jax.config import default_config
 from optima_jax.errors import OptimaError
+from optima_jax.qp.paper import minibatch_fraction_min as paper_minibatch_fraction
+from optima_jax.selectors.masks import apply_mask
+from optima_jax.transfers import fetch, to_device
+from optima_jax.updates.adam import adam_update, recon_error
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,8 +52,6 @@ class UpdateSettings:
     def from_config(cls, cfg=None, mesh=None, **overrides) -> "UpdateSettings":
         """From a run config (default: `default_config()`); `overrides` replace fields by name."""
         if cfg is None:
-            from optima_jax.config import default_config
-
             cfg = default_config()
         s = cfg.solver
         out = cls(
@@ -90,33 +95,45 @@ def get_update(name: str) -> Callable[..., UpdateResult]:
 
 
 def reconstruction_error(W_new: jax.Array, W_dense: jax.Array, H: jax.Array) -> float:
-    """||X (W_new − W_dense)ᵀ||² = tr(ΔW H ΔWᵀ), summed over rows (float32 -> python float)."""
-    D = (W_new - W_dense).astype(jnp.float32)
-    return float(jnp.sum((D @ H) * D))
+    """||X (W_new − W_dense)ᵀ||² = tr(ΔW H ΔWᵀ), summed over rows (float32 on the device -> python float)."""
+    return float(fetch(recon_error(to_device(W_dense, jnp.float32), to_device(W_new, jnp.float32), H)))
 
 
 @register_update("none")
 def update_none(W, selection, stats, H_val, settings: UpdateSettings, *, where: str = "layer"):
-    return UpdateResult(jnp.where(selection.keep_mask, W, 0.0), {})
+    return UpdateResult(apply_mask(selection.keep_mask, W), {})
 
 
 @register_update("own")
 def update_own(W, selection, stats, H_val, settings: UpdateSettings, *, where: str = "layer"):
-    return UpdateResult(jnp.where(selection.keep_mask, selection.weight, 0.0), {})
+    return UpdateResult(apply_mask(selection.keep_mask, selection.weight), {})
+
+
+@partial(jax.jit, static_argnames=("paper_in_features",))
+def _solve_summary(iterations, converged, *, paper_in_features):
+    """The report's solver numbers as device scalars; rapdhg (paper_in_features set): the paper's rule, the
+    fraction of OPTIMAL rows in its worst mini-batch."""
+    if paper_in_features:
+        conv = paper_minibatch_fraction(converged, paper_in_features)
+    else:
+        conv = jnp.mean(converged.astype(jnp.float32))
+    return {
+        "iterations_mean": jnp.mean(iterations.astype(jnp.float32)),
+        "iterations_max": jnp.max(iterations),
+        "converged_fraction": conv,
+    }
 
 
 @register_update("optima")
 def update_optima(W, selection, stats, H_val, settings: UpdateSettings, *, where: str = "layer"):
     """OPTIMA: per row, minimise ½ΔᵀHΔ with Δ_i = −w_i on pruned entries (H damped by damp·mean diag H)."""
-    from optima_jax import qp
-
     s = settings
     kw = dict(
         method=s.method,
         eps_abs=s.eps_abs,
         eps_rel=s.eps_rel,
         iteration_limit=s.iteration_limit,
-        W_init=jnp.where(selection.keep_mask, selection.weight, 0.0),
+        W_init=apply_mask(selection.keep_mask, selection.weight),
         memory_budget_bytes=s.memory_budget_bytes,
         mesh=s.mesh,
         rtol=s.rtol,
@@ -134,26 +151,24 @@ def update_optima(W, selection, stats, H_val, settings: UpdateSettings, *, where
     else:
         res = qp.solve_rows(stats.H, W, selection.keep_mask, damp=s.damp, **kw)
         info["damp"] = float(s.damp)
-    info["iterations_mean"] = float(jnp.mean(res.iterations))
-    info["iterations_max"] = int(jnp.max(res.iterations))
-    if s.method == "rapdhg":  # the paper's rule: the fraction of OPTIMAL rows in its worst mini-batch
-        info["converged_fraction"] = qp.paper.min_minibatch_fraction(res.converged, W.shape[1])
-    else:
-        info["converged_fraction"] = float(jnp.mean(res.converged.astype(jnp.float32)))
+    summary = fetch(
+        _solve_summary(res.iterations, res.converged, paper_in_features=W.shape[1] if s.method == "rapdhg" else 0)
+    )
+    info["iterations_mean"] = float(summary["iterations_mean"])
+    info["iterations_max"] = int(summary["iterations_max"])
+    info["converged_fraction"] = float(summary["converged_fraction"])
     return UpdateResult(res.weight, info)
 
 
 @register_update("adam")
 def update_adam(W, selection, stats, H_val, settings: UpdateSettings, *, where: str = "layer"):
-    from optima_jax.updates.adam import adam_update
-
     weight, info = adam_update(
         W,
         selection.keep_mask,
         stats.H,
         lrs=settings.adam_lrs,
         steps=settings.adam_steps,
-        init=jnp.where(selection.keep_mask, selection.weight, 0.0),
+        init=apply_mask(selection.keep_mask, selection.weight),
         damp=settings.damp,
         where=where,
     )

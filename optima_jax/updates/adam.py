@@ -14,13 +14,17 @@ if every run diverged the start is returned unchanged (info["fallback"] = True).
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from optima_jax.config import default_config
 from optima_jax.errors import OptimaError
+from optima_jax.transfers import fetch, to_device
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -29,14 +33,24 @@ class AdamUpdateError(OptimaError):
     """Bad input to the ADAM update."""
 
 
+@jax.jit
 def recon_error(W_dense, W_new, H):
-    """tr((W - Ŵ) H (W - Ŵ)ᵀ): scalar."""
+    """tr((W - Ŵ) H (W - Ŵ)ᵀ): scalar (on the device)."""
     D = W_dense - W_new
     return jnp.sum(jnp.matmul(D, H, precision=HIGHEST) * D)
 
 
+@partial(jax.jit, static_argnums=1)
+def _pick(Vs, i):
+    return Vs[i]
+
+
 @partial(jax.jit, static_argnames=("steps",))
-def _run(W_dense, keep, H, init, lrs, steps):
+def _run(W_dense, keep, H_true, init, lrs, damp, steps):
+    """Adam from `init` at every lr (vmapped) on the objective with H + damp·mean(diag H)·I; returns the final
+    weights per lr, their errors and the start's error, both with the undamped H."""
+    n = H_true.shape[0]
+    H = H_true + damp * jnp.mean(jnp.diagonal(H_true)) * jnp.eye(n, dtype=H_true.dtype)
     Hs = 0.5 * (H + H.T) / (jnp.mean(jnp.diagonal(H)) * W_dense.shape[0])
     keepf = keep.astype(W_dense.dtype)
 
@@ -57,10 +71,10 @@ def _run(W_dense, keep, H, init, lrs, steps):
 
         (V, _), _ = jax.lax.scan(step, (init, st), None, length=steps)
         V = V * keepf
-        return V, recon_error(W_dense, V, H)
+        return V, recon_error(W_dense, V, H_true)
 
     Vs, errs = jax.vmap(one)(lrs)
-    return Vs, errs, recon_error(W_dense, init, H)
+    return Vs, errs, recon_error(W_dense, init, H_true)
 
 
 def adam_update(
@@ -74,31 +88,29 @@ def adam_update(
     ``unstable`` (any diverged) and ``fallback``. Errors are tr(ΔW H ΔWᵀ) with the undamped H.
     """
     if lrs is None or steps is None:
-        from optima_jax.config import default_config
-
         run = default_config().adam
         lrs = tuple(run.lrs) if lrs is None else lrs
         steps = int(run.steps) if steps is None else steps
-    W_dense = jnp.asarray(W_dense, jnp.float32 if jnp.asarray(W_dense).dtype != jnp.float64 else jnp.float64)
-    keep = jnp.asarray(keep_mask).astype(bool)
-    H = jnp.asarray(H, W_dense.dtype)
+    W_dense = to_device(W_dense)
+    W_dense = W_dense.astype(jnp.float32 if W_dense.dtype != jnp.float64 else jnp.float64)
+    keep = to_device(keep_mask).astype(bool)
+    H = to_device(H).astype(W_dense.dtype)
     if W_dense.ndim != 2 or keep.shape != W_dense.shape:
         raise AdamUpdateError(f"{where}: keep_mask shape {tuple(keep.shape)} != weight shape {tuple(W_dense.shape)}")
     if H.shape != (W_dense.shape[1], W_dense.shape[1]):
         raise AdamUpdateError(f"{where}: H shape {tuple(H.shape)} does not match weight shape {tuple(W_dense.shape)}")
     if steps < 1 or not lrs:
         raise AdamUpdateError(f"{where}: adam update needs steps >= 1 and at least one lr")
-    init = W_dense * keep if init is None else jnp.asarray(init, W_dense.dtype) * keep
-    Hobj = H + damp * jnp.mean(jnp.diagonal(H)) * jnp.eye(H.shape[0], dtype=H.dtype) if damp else H
-    lrs_a = jnp.asarray(lrs, W_dense.dtype)
-    Vs, _, _ = _run(W_dense, keep, Hobj, init, lrs_a, int(steps))
-    errs = [float(recon_error(W_dense, Vs[i], H)) for i in range(len(lrs))]
-    init_err = float(recon_error(W_dense, init, H))
-    diverged = {float(lr): (not jnp.isfinite(e)) or e > init_err for lr, e in zip(lrs, errs)}
-    finite = [(e, i) for i, e in enumerate(errs) if jnp.isfinite(e)]
+    init = W_dense * keep if init is None else to_device(init).astype(W_dense.dtype) * keep
+    lrs_a = to_device(np.asarray(lrs, W_dense.dtype))
+    Vs, errs_d, init_d = _run(W_dense, keep, H, init, lrs_a, to_device(np.asarray(damp, W_dense.dtype)), int(steps))
+    errs, init_err = fetch((errs_d, init_d))  # the len(lrs) errors and the start's: scalars to the host
+    errs, init_err = [float(e) for e in errs], float(init_err)
+    diverged = {float(lr): (not math.isfinite(e)) or e > init_err for lr, e in zip(lrs, errs)}
+    finite = [(e, i) for i, e in enumerate(errs) if math.isfinite(e)]
     best_e, best_i = min(finite) if finite else (float("inf"), 0)
     fallback = not finite or best_e > init_err
-    weight = init if fallback else Vs[best_i]
+    weight = init if fallback else _pick(Vs, best_i)
     info = {
         "errors": {float(lr): e for lr, e in zip(lrs, errs)},
         "init_error": init_err,
