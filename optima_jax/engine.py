@@ -179,20 +179,58 @@ def _block_apply(graphdef, state, h, positions, capture):
     return nnx.merge(graphdef, state)(h, positions, capture=capture)
 
 
+def hessian_panels(d: int) -> tuple[tuple[int, int], ...]:
+    """Column panels [(start, stop)] of a (d, d) Hessian. Only the panel pairs (i <= j) are multiplied,
+    k(k+1)/2 of k² products for k panels (H is symmetric), and the lower blocks are mirrored once per block."""
+    k = 4 if d >= 512 else (2 if d >= 256 else 1)
+    size = -(-d // k)
+    return tuple((a, min(d, a + size)) for a in range(0, d, size))
+
+
+def _panel_pairs(d: int) -> list[tuple[int, int]]:
+    n = len(hessian_panels(d))
+    return [(i, j) for i in range(n) for j in range(i, n)]
+
+
+def _zero_pieces(d: int) -> tuple:
+    p = hessian_panels(d)
+    return tuple(jnp.zeros((p[i][1] - p[i][0], p[j][1] - p[j][0]), jnp.float32) for i, j in _panel_pairs(d))
+
+
+@jax.jit
+def _assemble(pieces: tuple) -> jax.Array:
+    """Upper panel blocks (row-major over i <= j) -> the full symmetric (d, d) Hessian."""
+    n = int(round((np.sqrt(8 * len(pieces) + 1) - 1) / 2))
+    at = dict(zip([(i, j) for i in range(n) for j in range(i, n)], pieces))
+    return jnp.block([[at[i, j] if i <= j else at[j, i].T for j in range(n)] for i in range(n)])
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(6,))
 def _accumulate(graphdef, groups, state, h, weight, positions, H_acc):
-    """One micro-batch: block outputs and H_acc[g] + Σ xᵀx (float32) for each input group g.
+    """One micro-batch: H_acc[g] + Σ xᵀx (float32) for each input group g, as the upper panel blocks of
+    :func:`hessian_panels`. The block's output is not needed here (the engine recomputes it with the pruned
+    weights), so XLA drops what only feeds it (the last linear's product, the residual and norms).
 
     weight [b]: 1 for real sequences, 0 for padding rows (their inputs are zeroed, so they add nothing).
     """
-    out, inputs = _block_apply(graphdef, state, h, positions, True)
+    _, inputs = _block_apply(graphdef, state, h, positions, True)
     new = {}
     for g, first in groups:
         x = inputs[first].astype(jnp.float32)
         x = jnp.where(weight[:, None, None] > 0, x, 0.0)
         x = x.reshape(-1, x.shape[-1])
-        new[g] = H_acc[g] + jnp.einsum("ti,tj->ij", x, x, precision=jax.lax.Precision.HIGHEST)
-    return out, new
+        panels = hessian_panels(x.shape[-1])
+        new[g] = tuple(
+            acc
+            + jax.lax.dot_general(
+                x[:, panels[i][0] : panels[i][1]],
+                x[:, panels[j][0] : panels[j][1]],
+                (((0,), (0,)), ((), ())),
+                precision=jax.lax.Precision.HIGHEST,
+            )
+            for acc, (i, j) in zip(H_acc[g], _panel_pairs(x.shape[-1]))
+        )
+    return new
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -232,15 +270,15 @@ class BlockRunner:
         """
         graphdef, state = self.split(mesh)
         dims = {g: api.get_linear(self.model, self.index, names[0]).shape[1] for g, names in self.groups.items()}
-        H = {g: jnp.zeros((d, d), jnp.float32) for g, d in dims.items()}
+        H = {g: _zero_pieces(d) for g, d in dims.items()}
         for b, v in zip(hidden.batches, hidden.valid):
             rows = int(b.shape[0])
             h = b if isinstance(b, jax.Array) else _put(b, rows, mesh)
-            _, H = _accumulate(graphdef, self._groups_static, state, h, _weights(v, rows, mesh), self.positions, H)
+            H = _accumulate(graphdef, self._groups_static, state, h, _weights(v, rows, mesh), self.positions, H)
             if counter is not None:
                 counter.block_passes += 1
                 counter.sequences += v
-        return H
+        return {g: _assemble(pieces) for g, pieces in H.items()}
 
     def forward_all(self, hidden: Hidden, mesh, counter: ForwardCounter | None, on_host: bool) -> Hidden:
         graphdef, state = self.split(mesh)
