@@ -114,19 +114,6 @@ class ModelConfig:
     bos: str = "tokenizer"
     hf_config: dict = dataclasses.field(default_factory=dict, compare=False, hash=False, repr=False)
 
-    @property
-    def family(self) -> str:
-        return {
-            "llama": "llama",
-            "qwen2": "qwen2",
-            "qwen3": "qwen3",
-            "mistral": "mistral",
-            "ministral": "mistral",
-            "gemma2": "gemma",
-            "gemma3_text": "gemma",
-            "opt": "opt",
-        }[self.model_type]
-
     def adds_bos(self, tokenizer) -> bool:
         """Whether windows fed to this model start with ``tokenizer.bos_token_id`` (the ``bos`` rule above)."""
         if self.bos == "always":

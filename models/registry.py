@@ -1,7 +1,8 @@
-"""Registry of supported HF ``model_type``s: config parser and tensor-name module per type."""
+"""The registry of supported model families (``FAMILIES``, one literal): per family its HF ``model_type``s and\nconfig parsers, its tensor names, its backbone and its block layout. Everything else asks the family here."""
 
 from __future__ import annotations
 
+import dataclasses
 from types import ModuleType
 from typing import Callable
 
@@ -10,45 +11,53 @@ from optima_jax.models.config import ModelConfig, UnsupportedModelError
 from optima_jax.models.gemma import modeling as _gemma
 from optima_jax.models.gemma import params as _gemma_params
 from optima_jax.models.llama import modeling as _llama
-from optima_jax.models.llama import params as _llama_params
 from optima_jax.models.mistral import modeling as _mistral
-from optima_jax.models.mistral import params as _mistral_params
 from optima_jax.models.opt import modeling as _opt
 from optima_jax.models.opt import params as _opt_params
 from optima_jax.models.qwen2 import modeling as _qwen2
-from optima_jax.models.qwen2 import params as _qwen2_params
 from optima_jax.models.qwen3 import modeling as _qwen3
-from optima_jax.models.qwen3 import params as _qwen3_params
 from optima_jax.models.transformer import Backbone
 
-_PARSERS: dict[str, Callable[..., ModelConfig]] = {
-    "llama": _llama.config_from_hf,
-    "qwen2": _qwen2.config_from_hf,
-    "qwen3": _qwen3.config_from_hf,
-    "mistral": _mistral.config_from_hf,
-    "ministral": _mistral.ministral_config_from_hf,
-    "gemma2": _gemma.gemma2_config_from_hf,
-    "gemma3_text": _gemma.gemma3_text_config_from_hf,
-    "gemma3": _gemma.gemma3_config_from_hf,
-    "opt": _opt.config_from_hf,
-}
-_PARAMS: dict[str, ModuleType] = {
-    "llama": _llama_params,
-    "qwen2": _qwen2_params,
-    "qwen3": _qwen3_params,
-    "mistral": _mistral_params,
-    "ministral": _mistral_params,
-    "gemma2": _gemma_params,
-    "gemma3_text": _gemma_params,
-    "opt": _opt_params,
-}
-# Families whose blocks differ from the core decoder: model_type -> (backbone class, block layout module with
-# LINEAR_NAMES, INPUT_GROUPS, layer_prefix, linear_shapes, block_shapes). Others use models.transformer.Backbone
-# and models.hf_names.
-_BACKBONES: dict[str, type] = {"opt": _opt.OPTModel}
-_LAYOUTS: dict[str, ModuleType] = {"opt": _opt_params}
 
-SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(_PARSERS)
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """What the rest of the package asks of a model family.
+
+    parsers: HF ``model_type`` -> config parser (HF dict -> ModelConfig; it also sets the family's BOS rule).
+    names: checkpoint tensor names (``canonical_name``, ``expected_shapes``).
+    backbone: the nnx module class of HF's ``model.`` subtree.
+    layout: the block's tensors (``LINEAR_NAMES``, ``INPUT_GROUPS`` (which linears share an input, and so which
+    are MLP), ``layer_prefix``, ``linear_shapes``, ``block_shapes``).
+    Families on the core decoder use its names, backbone and layout (``models.hf_names``, ``transformer.Backbone``).
+    """
+
+    name: str
+    parsers: dict[str, Callable[..., ModelConfig]]
+    names: ModuleType = hf_names
+    backbone: type = Backbone
+    layout: ModuleType = hf_names
+
+
+# The one registry of supported families.
+FAMILIES: tuple[Family, ...] = (
+    Family("llama", {"llama": _llama.config_from_hf}),
+    Family("mistral", {"mistral": _mistral.config_from_hf, "ministral": _mistral.ministral_config_from_hf}),
+    Family("qwen2", {"qwen2": _qwen2.config_from_hf}),
+    Family("qwen3", {"qwen3": _qwen3.config_from_hf}),
+    Family(
+        "gemma",
+        {
+            "gemma2": _gemma.gemma2_config_from_hf,
+            "gemma3_text": _gemma.gemma3_text_config_from_hf,
+            "gemma3": _gemma.gemma3_config_from_hf,
+        },
+        names=_gemma_params,
+    ),
+    Family("opt", {"opt": _opt.config_from_hf}, names=_opt_params, backbone=_opt.OPTModel, layout=_opt_params),
+)
+_BY_TYPE: dict[str, Family] = {mt: f for f in FAMILIES for mt in f.parsers}
+
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(_BY_TYPE)
 
 # Relatives of the supported families that are a different architecture: model_type -> what is not ported.
 _NOT_PORTED: dict[str, str] = {
@@ -69,25 +78,28 @@ def config_from_hf(hf_config: dict, where: str = "config.json") -> ModelConfig:
     mt = hf_config.get("model_type")
     if mt in _NOT_PORTED:
         raise UnsupportedModelError(f"{where}: unsupported model_type {mt!r}: {_NOT_PORTED[mt]}")
-    if mt not in _PARSERS:
+    if mt not in _BY_TYPE:
         raise UnsupportedModelError(
             f"{where}: unsupported model_type {mt!r} (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
         )
-    return _PARSERS[mt](hf_config, where=where)
+    return _BY_TYPE[mt].parsers[mt](hf_config, where=where)
+
+
+def family_of(cfg: ModelConfig) -> Family:
+    """The family record of a parsed config."""
+    return _BY_TYPE[cfg.model_type]
 
 
 def params_module(cfg: ModelConfig) -> ModuleType:
-    """The family's ``params`` module (``expected_shapes``, ``canonical_name``) for a parsed config."""
-    return _PARAMS[cfg.model_type]
+    """The family's tensor-name module (``expected_shapes``, ``canonical_name``) for a parsed config."""
+    return family_of(cfg).names
 
 
 def backbone_class(cfg: ModelConfig) -> type:
     """The nnx module class of HF's ``model.`` subtree for this config."""
-    return _BACKBONES.get(cfg.model_type, Backbone)
+    return family_of(cfg).backbone
 
 
 def block_layout(cfg: ModelConfig | None) -> ModuleType:
     """Block tensor layout (linear names, input groups, name prefix, shapes) for this config (None: the core's)."""
-    if cfg is None:
-        return hf_names
-    return _LAYOUTS.get(cfg.model_type, hf_names)
+    return hf_names if cfg is None else family_of(cfg).layout
