@@ -37,7 +37,7 @@ def main():
     import jax.numpy as jnp
 
     from optima_jax.qp import solve_rows
-    from optima_jax.updates.adam import _run
+    from optima_jax.updates.adam import adam_runs
 
     steps = [int(s) for s in args.steps.split(",")]
     lrs = tuple(float(x) for x in args.lrs.split(","))
@@ -64,7 +64,7 @@ def main():
             cells.append(f"{err(Wn, W, H) / base:.3f} / {err(Wn, W, Hv) / base_v:.3f}")
         for s in steps:
             # every lr of the grid in one vmapped run, exactly as the update does (adam_update keeps the best)
-            Vs, _, _ = _run(
+            Vs, _, _ = adam_runs(
                 jnp.asarray(W),
                 jnp.asarray(mask),
                 jnp.asarray(H, jnp.float32),

@@ -154,6 +154,19 @@ def test_no_import_cycles():
             visit(m)
 
 
+def test_no_module_imports_another_modules_private_names():
+    private = []
+    for m, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("optima_jax"):
+                private += [
+                    f"{path.relative_to(ROOT)}:{node.lineno} {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_")
+                ]
+    assert not private, "private names imported across modules:\n" + "\n".join(private)
+
+
 def test_the_checker_sees_a_planted_cycle_and_a_hidden_import(tmp_path):
     """The AST walk finds what it is meant to find (a checker that reads nothing would pass the tests above)."""
     a = tmp_path / "a.py"

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 
-def _ranks(metric: jax.Array) -> jax.Array:
+def ranks(metric: jax.Array) -> jax.Array:
     """Rank of each entry along the last axis in ascending stable order (0 = smallest)."""
     order = jnp.argsort(metric, axis=-1, stable=True)
     return jnp.argsort(order, axis=-1, stable=True)
@@ -20,7 +20,7 @@ def _ranks(metric: jax.Array) -> jax.Array:
 
 def _remove_smallest(metric: jax.Array, k: int) -> jax.Array:
     """metric (rows, n) -> bool keep mask without the k smallest entries of every row: one stable sort and a
-    scatter (the ranks of `_ranks` need a second sort)."""
+    scatter (the ranks of `ranks` need a second sort)."""
     order = jnp.argsort(metric, axis=-1, stable=True)[:, :k]
     rows = jnp.arange(metric.shape[0])[:, None]
     return jnp.ones(metric.shape, bool).at[rows, order].set(False)

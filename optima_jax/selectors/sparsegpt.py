@@ -36,13 +36,13 @@ from jax import lax
 from optima_jax.selectors.base import SelectionResult, SelectorError, check_block_args, check_inputs, register_selector
 from optima_jax.selectors._hinv import mm, prepare
 from optima_jax.transfers import fetch, put, to_device
-from optima_jax.selectors.masks import _ranks
+from optima_jax.selectors.masks import ranks
 
 
 def _block_prune_unstructured(tmp, k, mask_scope):
     if mask_scope == "row":
-        return _ranks(tmp) < k
-    return (_ranks(tmp.reshape(-1)) < k).reshape(tmp.shape)
+        return ranks(tmp) < k
+    return (ranks(tmp.reshape(-1)) < k).reshape(tmp.shape)
 
 
 def _process_block(W, U, prune_all, err_sq, i1, count, *, kind, ratio, n, m, mask_scope, off_by_one):
@@ -67,7 +67,7 @@ def _process_block(W, U, prune_all, err_sq, i1, count, *, kind, ratio, n, m, mas
         if kind == "nm":
             blk = lax.dynamic_slice(W1, (0, c0), (out, m))
             dd = lax.dynamic_slice(d, (c0,), (m,))
-            pg = _ranks(blk**2 / (dd**2)[None, :]) < (m - n)
+            pg = ranks(blk**2 / (dd**2)[None, :]) < (m - n)
             prune = lax.dynamic_update_slice(prune, pg, (0, c0))
         for j in range(gs):
             i = c0 + j

@@ -34,7 +34,7 @@ from jax import lax
 from optima_jax.selectors.base import SelectionResult, SelectorError, check_block_args, check_inputs, register_selector
 from optima_jax.selectors._hinv import mm, prepare
 from optima_jax.transfers import fetch, put, to_device
-from optima_jax.selectors.masks import _ranks
+from optima_jax.selectors.masks import ranks
 
 
 def _block(W, U, sq, prune_all, i1, count, *, kind, k_row, k_layer, n, m, mask_scope, row_chunk):
@@ -44,16 +44,16 @@ def _block(W, U, sq, prune_all, i1, count, *, kind, k_row, k_layer, n, m, mask_s
     metric = jnp.abs(W) * jnp.sqrt(sq)[None, :]
     if kind == "nm":
         blk = lax.dynamic_slice(metric, (0, i1), (out, count)).reshape(out, count // m, m)
-        pb = (_ranks(blk) < (m - n)).reshape(out, count)
+        pb = (ranks(blk) < (m - n)).reshape(out, count)
     else:
         # frozen columns get +inf so they never rank among the remaining ones
         rem = jnp.where((colidx >= i1)[None, :], metric, jnp.inf)
         if mask_scope == "row":
             r = k_row - jnp.sum(prune_all, axis=1)  # (out,)
-            sel = _ranks(rem) < r[:, None]
+            sel = ranks(rem) < r[:, None]
         else:
             r = k_layer - jnp.sum(prune_all)
-            sel = (_ranks(rem.reshape(-1)) < r).reshape(out, cols)
+            sel = (ranks(rem.reshape(-1)) < r).reshape(out, cols)
         sel = sel & in_block[None, :]
         pb = lax.dynamic_slice(sel, (0, i1), (out, count))
     Ub = lax.dynamic_slice(U, (i1, i1), (count, count))

@@ -46,7 +46,7 @@ def _pick(Vs, i):
 
 
 @partial(jax.jit, static_argnames=("steps",))
-def _run(W_dense, keep, H_true, init, lrs, damp, steps):
+def adam_runs(W_dense, keep, H_true, init, lrs, damp, steps):
     """Adam from `init` at every lr (vmapped) on the objective with H + damp·mean(diag H)·I; returns the final
     weights per lr, their errors and the start's error, both with the undamped H."""
     n = H_true.shape[0]
@@ -103,7 +103,9 @@ def adam_update(
         raise AdamUpdateError(f"{where}: adam update needs steps >= 1 and at least one lr")
     init = W_dense * keep if init is None else to_device(init).astype(W_dense.dtype) * keep
     lrs_a = to_device(np.asarray(lrs, W_dense.dtype))
-    Vs, errs_d, init_d = _run(W_dense, keep, H, init, lrs_a, to_device(np.asarray(damp, W_dense.dtype)), int(steps))
+    Vs, errs_d, init_d = adam_runs(
+        W_dense, keep, H, init, lrs_a, to_device(np.asarray(damp, W_dense.dtype)), int(steps)
+    )
     errs, init_err = fetch((errs_d, init_d))  # the len(lrs) errors and the start's: scalars to the host
     errs, init_err = [float(e) for e in errs], float(init_err)
     diverged = {float(lr): (not math.isfinite(e)) or e > init_err for lr, e in zip(lrs, errs)}
