@@ -170,6 +170,15 @@ def render(names: list[str], regimes: list[str], rows: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def parse_models(arg: str) -> list[str]:
+    """--models "smollm2,gemma3_270m" -> the names, each checked against MODELS (one-line error otherwise)."""
+    names = [n for n in arg.split(",") if n]
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        raise SystemExit(f"error: unknown model {unknown[0]!r} in --models; choose from {sorted(MODELS)}")
+    return names
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma list of {sorted(MODELS)}")
@@ -178,10 +187,7 @@ def main():
     ap.add_argument("--render-only", action="store_true")
     ap.add_argument("--out", default=str(RESULTS / "table1.md"))
     args = ap.parse_args()
-    names = [n for n in args.models.split(",") if n]
-    unknown = [n for n in names if n not in MODELS]
-    if unknown:
-        raise SystemExit(f"error: unknown model {unknown[0]!r} in --models; choose from {sorted(MODELS)}")
+    names = parse_models(args.models)
     regimes = [r for r in args.regimes.split(",") if r]
     rows = table_rows(not args.no_paper_solver)
     if not args.render_only:

@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from table1 import MODELS, PAPER_SOLVER, RESULTS, default_damp, run_model
+from table1 import MODELS, PAPER_SOLVER, RESULTS, default_damp, parse_models, run_model
 
 SELECTORS = ("wanda", "sparsegpt")
 REGIMES = ("0.5", "2:4/mlp")
@@ -120,10 +120,7 @@ def main():
     ap.add_argument("--render-only", action="store_true")
     ap.add_argument("--out", default=str(RESULTS / "tolerance_ablation.md"))
     args = ap.parse_args()
-    names = [n for n in args.models.split(",") if n]
-    unknown = [n for n in names if n not in MODELS]
-    if unknown:
-        raise SystemExit(f"error: unknown model {unknown[0]!r} in --models; choose from {sorted(MODELS)}")
+    names = parse_models(args.models)
     if not args.render_only:
         for name in names:
             run_model(name, list(REGIMES), cell_rows())
