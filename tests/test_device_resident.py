@@ -144,7 +144,7 @@ def test_the_guard_catches_a_host_round_trip(layer):
     H, _, _ = layer
     Hd = jax.device_put(H)
     with jax.transfer_guard("disallow"):
-        with pytest.raises(Exception, match="Disallowed host-to-device transfer"):
+        with pytest.raises(Exception, match="Disallowed .*transfer"):  # on a GPU the device-to-host half
             jnp.asarray(np.asarray(Hd) + 0.0)
 
 
