@@ -53,6 +53,12 @@ class PdhgConfig(NamedTuple):
     continue_after_optimal: bool = False
 
 
+def _mm(a, b):
+    """Products in true float32: the default precision is TF32 on recent GPUs (bf16 passes on TPU), which
+    stalls the tight tolerances; CPU computes the same either way."""
+    return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
+
+
 def _norm(v, ord_):
     if v.shape[-1] == 0:
         return jnp.zeros(v.shape[:-1], v.dtype)
@@ -113,7 +119,7 @@ def spectral_norm(M, iters: int, symmetric: bool):
     x0 = jnp.ones(n, M.dtype) + 0.01 * jnp.cos(jnp.arange(n, dtype=M.dtype) * 1.7)
 
     def op(x):
-        return M @ x if symmetric else M.T @ (M @ x)
+        return _mm(M, x) if symmetric else _mm(M.T, _mm(M, x))
 
     def body(_, x):
         y = op(x)
@@ -164,7 +170,7 @@ def _convergence(p: _Problem, pt: _Point, eps_ratio, ord_):
     lo_v = jnp.maximum(p.l - x, 0.0)
     up_v = jnp.maximum(x - p.u, 0.0)
     con_v = jnp.where(p.eq, p.b - Ax, jnp.maximum(p.b - Ax, 0.0))
-    primal_obj = p.const + jnp.dot(p.c, x) + 0.5 * jnp.dot(x, Qx)
+    primal_obj = p.const + _mm(p.c, x) + 0.5 * _mm(x, Qx)
     primal_res = _norm(jnp.concatenate([con_v, lo_v, up_v]), ord_)
     grad = p.c - ATy + Qx
     rc = jnp.maximum(grad, 0.0) * jnp.isfinite(p.l) + jnp.minimum(grad, 0.0) * jnp.isfinite(p.u)
@@ -176,7 +182,7 @@ def _convergence(p: _Problem, pt: _Point, eps_ratio, ord_):
             jnp.where(rc < 0, jnp.where(jnp.isfinite(p.u), p.u, 0.0) * rc, 0.0),
         )
     )
-    dual_obj = jnp.dot(p.b, y) + p.const - 0.5 * jnp.dot(x, Qx) + bound_term
+    dual_obj = _mm(p.b, y) + p.const - 0.5 * _mm(x, Qx) + bound_term
     dual_v = jnp.where(p.eq, 0.0, jnp.maximum(-y, 0.0))
     dual_res = _norm(jnp.concatenate([dual_v, rc_viol]), ord_)
     rel_primal = primal_res / (eps_ratio + jnp.maximum(_norm(p.b, ord_), _norm(Ax, ord_)))
@@ -249,11 +255,11 @@ def _steps(su: _Setup, cfg: PdhgConfig):
         cur = s.cur
         g = sp.c - cur.ATy + (1 - beta) * s.avg.Qx + beta * cur.Qx
         x = jnp.clip(cur.x - (eta / s.omega) * g, sp.l, sp.u)
-        dAx = sp.A @ (x - cur.x)
+        dAx = _mm(sp.A, x - cur.x)
         theta = kf / (kf + 1.0)
         y = cur.y + (s.omega * eta) * (sp.b - (1 + theta) * dAx - cur.Ax)
         y = jnp.where(sp.eq, y, jnp.maximum(y, 0.0))
-        new = _Point(x, y, cur.Ax + dAx, sp.A.T @ y, sp.Q @ x)
+        new = _Point(x, y, cur.Ax + dAx, _mm(sp.A.T, y), _mm(sp.Q, x))
         r = eta / (s.wsum + eta)
         avg = jax.tree_util.tree_map(lambda a, b_: a + r * (b_ - a), s.avg, new)
         return s._replace(cur=new, avg=avg, k=s.k + 1, wsum=s.wsum + eta, step=eta, it=s.it + 1)
@@ -332,7 +338,7 @@ def start(Q, c, A, b, l, u, eq, const, x0, y0, cfg: PdhgConfig) -> _State:
     sp = su.sp
     x = jnp.clip(jnp.asarray(x0, dtype) * su.D, sp.l, sp.u)
     y = jnp.asarray(y0, dtype) * su.E
-    p0 = _Point(x, y, sp.A @ x, sp.A.T @ y, sp.Q @ x)
+    p0 = _Point(x, y, _mm(sp.A, x), _mm(sp.A.T, y), _mm(sp.Q, x))
     nan = jnp.asarray(jnp.nan, dtype)
     st = _State(
         cur=p0,
