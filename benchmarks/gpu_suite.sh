@@ -153,4 +153,5 @@ m = json.load(open(sys.argv[1])) if __import__("os").path.exists(sys.argv[1]) el
 m["total_s"] = int(sys.argv[2]); json.dump(m, open(sys.argv[1], "w"))
 EOF
 $ST report --work "$WORK" --out "$OUT_DIR" | tee -a "$LOG"
+rm -rf "$WORK"  # random checkpoints and the e2e run (7 GB on the GPU); the results are in $OUT_DIR
 say "done: $OUT_DIR/gpu_suite.json, $OUT_DIR/gpu_suite.md"
