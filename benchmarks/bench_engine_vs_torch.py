@@ -61,9 +61,17 @@ class PeakRSS:
 
 
 def timed(fn):
-    t0 = time.perf_counter()
+    """-> (wall seconds, CPU seconds of this process, fn())."""
+    w, c = time.perf_counter(), time.process_time()
     out = fn()
-    return time.perf_counter() - t0, out
+    return time.perf_counter() - w, time.process_time() - c, out
+
+
+def best_of(fn, n=2):
+    """(min wall, min CPU) seconds of n calls (after one warm-up call)."""
+    fn()
+    runs = [timed(fn)[:2] for _ in range(n)]
+    return min(r[0] for r in runs), min(r[1] for r in runs)
 
 
 # ----------------------------------------------------------------------------------------------------- JAX
@@ -81,20 +89,19 @@ class JaxEngine:
         self.blocks = blocks
 
     def run(self, block, hidden):
-        """-> (hessians_s, forward_s, next hidden, peak MiB above entry)."""
+        """-> ((wall, cpu) Hessians, (wall, cpu) next inputs, next hidden, peak MiB above entry)."""
         import jax
 
-        from optima_jax.engine import BlockRunner
+        from optima_jax.engine import BlockRunner, Hidden
 
         runner = BlockRunner(self.model, self.cfg, block, self.positions)
         with PeakRSS() as mem:
-            t_h, _ = timed(lambda: jax.block_until_ready(runner.hessians(hidden, None, None)))
-            t_f, out = timed(lambda: runner.forward_all(hidden, None, None, on_host=False))
-            t_f += timed(lambda: jax.block_until_ready(out.batches))[0]
-        return t_h, t_f, out, mem.above_mb
+            *t_h, _ = timed(lambda: jax.block_until_ready(runner.hessians(hidden, None, None)))
+            *t_f, out = timed(lambda: jax.block_until_ready(runner.forward_all(hidden, None, None, False).batches))
+        return t_h, t_f, Hidden(out, list(hidden.valid)), mem.above_mb
 
     def attention_s(self, block, micro_batch, impl="auto"):
-        """Seconds of models.attention.attend alone on one micro-batch of this block's q/k/v shapes."""
+        """(wall, cpu) seconds of models.attention.attend alone on one micro-batch of this block's q/k/v."""
         import jax
         import jax.numpy as jnp
         import numpy as np
@@ -108,8 +115,72 @@ class JaxEngine:
         k = jnp.asarray(rng.standard_normal((micro_batch, t, att.num_kv_heads, att.head_dim)), jnp.float32)
         with attention.use(impl):
             fn = jax.jit(lambda q, k, v: attention.attend(q, k, v, att.scale, att.softcap, att.window))
-            jax.block_until_ready(fn(q, k, k))
-            return min(timed(lambda: jax.block_until_ready(fn(q, k, k)))[0] for _ in range(2))
+            return best_of(lambda: jax.block_until_ready(fn(q, k, k)))
+
+    def breakdown(self, block):
+        """CPU seconds of the pieces of one micro-batch (jitted each, min of 3): next-inputs pass, Hessian pass,
+        attention alone, the block's linears alone (random inputs of their shapes) and the xᵀx panel products."""
+        import jax
+        import jax.numpy as jnp
+        import numpy as np
+
+        from optima_jax.engine import (
+            BlockRunner,
+            _accumulate,
+            _forward,
+            _panel_pairs,
+            _weights,
+            _zero_pieces,
+            hessian_panels,
+        )
+        from optima_jax.models import api
+
+        def cpu(fn):
+            return best_of(lambda: jax.block_until_ready(fn()), 3)[1]
+
+        runner = BlockRunner(self.model, self.cfg, block, self.positions)
+        gd, st = runner.split()
+        h = self.hidden0.batches[0]
+        mb = int(h.shape[0])
+        w = _weights(mb, mb, None)
+        dims = {g: api.get_linear(self.model, block, names[0]).shape[1] for g, names in runner.groups.items()}
+        out = {"forward": cpu(lambda: _forward(gd, st, h, self.positions))}
+        out["hessian_pass"] = cpu(
+            lambda: _accumulate(
+                gd, runner._groups_static, st, h, w, self.positions, {g: _zero_pieces(d) for g, d in dims.items()}
+            )
+        )
+        out["attention"] = self.attention_s(block, mb)[1]
+        rng = np.random.default_rng(0)
+        t = int(h.shape[1])
+        Ws = [api.get_linear(self.model, block, n) for n in api.linear_names(self.cfg)]
+        xs = [jnp.asarray(rng.standard_normal((mb, t, W.shape[1])), jnp.float32) for W in Ws]
+        lin = jax.jit(lambda xs, Ws: [jnp.einsum("...i,oi->...o", x, W) for x, W in zip(xs, Ws)])
+        out["linears"] = cpu(lambda: lin(xs, Ws))
+        out["linears_gflop"] = sum(2 * mb * t * W.size for W in Ws) / 1e9
+        hx = [jnp.asarray(rng.standard_normal((mb * t, d)), jnp.float32) for d in dims.values()]
+
+        def products(hx):
+            res = []
+            for x in hx:
+                p = hessian_panels(x.shape[1])
+                for i, j in _panel_pairs(x.shape[1]):
+                    a, b = x[:, p[i][0] : p[i][1]], x[:, p[j][0] : p[j][1]]
+                    res.append(jax.lax.dot_general(a, b, (((0,), (0,)), ((), ()))))
+            return res
+
+        prod = jax.jit(products)
+        out["xtx_products"] = cpu(lambda: prod(hx))
+        out["xtx_gflop"] = (
+            sum(
+                2 * mb * t * (p[i][1] - p[i][0]) * (p[j][1] - p[j][0])
+                for d in dims.values()
+                for p in [hessian_panels(d)]
+                for i, j in _panel_pairs(d)
+            )
+            / 1e9
+        )
+        return {"block": block, "micro_batch_shape": [mb, t], **out}
 
 
 # --------------------------------------------------------------------------------------------------- torch
@@ -182,15 +253,16 @@ class TorchEngine:
         with PeakRSS() as mem, torch.no_grad():
             handles = [lin.register_forward_pre_hook(hk) for lin, hk in hooks]
             try:
-                t_h, _ = timed(lambda: [call(h) for h in hidden])
+                *t_h, _ = timed(lambda: [call(h) for h in hidden])
             finally:
                 for hd in handles:
                     hd.remove()
-            t_f, out = timed(lambda: [call(h) for h in hidden])
+            *t_f, out = timed(lambda: [call(h) for h in hidden])
         return t_h, t_f, out, mem.above_mb
 
     def attention_s(self, block):
-        """Seconds of torch SDPA alone (as the layer calls it: GQA, scale, the layer's mask) on one micro-batch."""
+        """(wall, cpu) seconds of torch SDPA alone (as the layer calls it: GQA, scale, the layer's mask) on one
+        micro-batch."""
         import torch
 
         att = self.tm.model.layers[block].self_attn
@@ -207,12 +279,11 @@ class TorchEngine:
             return sdpa_attention_forward(att, q, k, k, mask, dropout=0.0, scaling=att.scaling)
 
         with torch.no_grad():
-            fn()
-            return min(timed(fn)[0] for _ in range(2))
+            return best_of(fn)
 
 
 # ---------------------------------------------------------------------------------------------------- run
-def bench_shape(name, loaded, blocks, nsamples, seqlen, micro_batch, repeats, naive):
+def bench_shape(name, loaded, blocks, nsamples, seqlen, micro_batch, repeats, naive, breakdown=False):
     import numpy as np
 
     from optima_jax import data
@@ -228,55 +299,102 @@ def bench_shape(name, loaded, blocks, nsamples, seqlen, micro_batch, repeats, na
     je = JaxEngine(loaded, ids, micro_batch, blocks)
     te = TorchEngine(loaded, ids, micro_batch, blocks, je)
     # compile beforehand (every block structure measured), and warm torch up
-    t_compile, _ = timed(lambda: [je.run(b, je.hidden0) for b in blocks])
+    t_compile = timed(lambda: [je.run(b, je.hidden0) for b in blocks])[0]
     te.run(blocks[0], te.hidden0[:1])
-    best = {(e, b, k): np.inf for e in ("jax", "torch") for b in blocks for k in ("hess", "fwd")}
-    mem = {"jax": 0.0, "torch": 0.0}
+    engines = ("jax", "torch")
+    best = {(e, b, k, c): np.inf for e in engines for b in blocks for k in ("hess", "fwd") for c in (0, 1)}
+    mem = {e: 0.0 for e in engines}
     for r in range(repeats):
-        hj, ht = je.hidden0, te.hidden0
+        hidden = {"jax": je.hidden0, "torch": te.hidden0}
         for b in blocks:
-            for e, eng, h in (("jax", je, hj), ("torch", te, ht)):
-                th, tf, out, m = eng.run(b, h)
-                best[e, b, "hess"] = min(best[e, b, "hess"], th)
-                best[e, b, "fwd"] = min(best[e, b, "fwd"], tf)
+            for e, eng in (("jax", je), ("torch", te)):  # interleaved
+                th, tf, hidden[e], m = eng.run(b, hidden[e])
+                for c in (0, 1):
+                    best[e, b, "hess", c] = min(best[e, b, "hess", c], th[c])
+                    best[e, b, "fwd", c] = min(best[e, b, "fwd", c], tf[c])
                 mem[e] = max(mem[e], m)
-                if e == "jax":
-                    hj = out
-                else:
-                    ht = out
-        print(f"  {name} {nsamples}x{seqlen} repeat {r}: " + ", ".join(f"{k}={v:.2f}" for k, v in best.items()))
+        print(
+            f"  {name} {nsamples}x{seqlen} repeat {r}: "
+            + ", ".join(
+                f"{e}/{b}/{k}={best[e, b, k, 0]:.2f}s wall {best[e, b, k, 1]:.2f}s cpu" for e, b, k, c in best if c
+            )
+        )
     nmb = len(je.hidden0.batches)
     row = {"model": name, "nsamples": nsamples, "seqlen": seqlen, "micro_batch": micro_batch, "blocks": blocks}
     row["jax_compile_s"] = t_compile
-    for e in ("jax", "torch"):
-        row[f"{e}_hessians_s"] = float(np.mean([best[e, b, "hess"] for b in blocks]))
-        row[f"{e}_forward_s"] = float(np.mean([best[e, b, "fwd"] for b in blocks]))
-        row[f"{e}_total_s"] = row[f"{e}_hessians_s"] + row[f"{e}_forward_s"]
-        row[f"{e}_peak_mb"] = mem[e]
-    row["jax_attention_s"] = float(np.mean([je.attention_s(b, micro_batch) for b in blocks])) * nmb
-    row["torch_attention_s"] = float(np.mean([te.attention_s(b) for b in blocks])) * nmb
+    att = {
+        "jax": [je.attention_s(b, micro_batch) for b in blocks],
+        "torch": [te.attention_s(b) for b in blocks],
+    }
     if naive:
-        row["jax_naive_attention_s"] = float(np.mean([je.attention_s(b, micro_batch, "naive") for b in blocks])) * nmb
-    for e in ("jax", "torch"):
-        row[f"{e}_attention_share"] = row[f"{e}_attention_s"] / row[f"{e}_forward_s"]
-    row["ratio_jax_over_torch"] = row["jax_total_s"] / row["torch_total_s"]
+        att["jax_naive"] = [je.attention_s(b, micro_batch, "naive") for b in blocks]
+    for c, unit in ((0, "s"), (1, "cpu_s")):
+        for e in engines:
+            row[f"{e}_hessians_{unit}"] = float(np.mean([best[e, b, "hess", c] for b in blocks]))
+            row[f"{e}_forward_{unit}"] = float(np.mean([best[e, b, "fwd", c] for b in blocks]))
+            row[f"{e}_total_{unit}"] = row[f"{e}_hessians_{unit}"] + row[f"{e}_forward_{unit}"]
+        for e, times in att.items():
+            row[f"{e}_attention_{unit}"] = float(np.mean([t[c] for t in times])) * nmb
+        for e in engines:
+            row[f"{e}_attention_share_{unit}"] = row[f"{e}_attention_{unit}"] / row[f"{e}_forward_{unit}"]
+        row[f"ratio_{unit}"] = row[f"jax_total_{unit}"] / row[f"torch_total_{unit}"]
+    for e in engines:
+        row[f"{e}_peak_mb"] = mem[e]
+    if breakdown:
+        row["jax_breakdown_cpu_s"] = [je.breakdown(b) for b in blocks]
     print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
     return row
 
 
-def table(rows) -> str:
-    head = (
-        "| model | samples x length | optima_jax Hessians s | torch Hessians s | optima_jax next inputs s "
-        "| torch next inputs s | optima_jax / torch | attention share jax / torch | peak MiB jax / torch |"
-    )
-    lines = [head, "|" + "---|" * 9]
+def table(rows, unit: str) -> str:
+    """Markdown table of seconds per block; unit "s" (wall clock) or "cpu_s" (CPU time of the process)."""
+    lines = [
+        "| model | samples x length | optima_jax Hessians | torch Hessians | optima_jax next inputs "
+        "| torch next inputs | optima_jax / torch | attention share optima_jax / torch | peak MiB optima_jax / torch |",
+        "|" + "---|" * 9,
+    ]
     for r in rows:
+        g = {k.removesuffix("_" + unit): v for k, v in r.items() if k.endswith("_" + unit)}
         lines.append(
-            f"| {r['model']} | {r['nsamples']} x {r['seqlen']} | {r['jax_hessians_s']:.2f} | {r['torch_hessians_s']:.2f} "
-            f"| {r['jax_forward_s']:.2f} | {r['torch_forward_s']:.2f} | {r['ratio_jax_over_torch']:.2f} "
-            f"| {r['jax_attention_share']:.0%} / {r['torch_attention_share']:.0%} "
+            f"| {r['model']} | {r['nsamples']} x {r['seqlen']} | {g['jax_hessians']:.2f} | {g['torch_hessians']:.2f} "
+            f"| {g['jax_forward']:.2f} | {g['torch_forward']:.2f} | {g['ratio']:.2f} "
+            f"| {g['jax_attention_share']:.0%} / {g['torch_attention_share']:.0%} "
             f"| {r['jax_peak_mb']:.0f} / {r['torch_peak_mb']:.0f} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def scaling_table(rows) -> str:
+    """Per model: total CPU seconds per block (Hessians + next inputs) at each shape, and per 1k tokens."""
+    lines = [
+        "| model | samples x length | tokens | optima_jax s | torch s | optima_jax ms / 1k tokens "
+        "| torch ms / 1k tokens |",
+        "|" + "---|" * 7,
+    ]
+    for r in sorted(rows, key=lambda r: (r["model"], r["seqlen"], r["nsamples"])):
+        tokens = r["nsamples"] * r["seqlen"]
+        lines.append(
+            f"| {r['model']} | {r['nsamples']} x {r['seqlen']} | {tokens} | {r['jax_total_cpu_s']:.2f} "
+            f"| {r['torch_total_cpu_s']:.2f} | {1e6 * r['jax_total_cpu_s'] / tokens:.0f} "
+            f"| {1e6 * r['torch_total_cpu_s'] / tokens:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def breakdown_table(rows) -> str:
+    """optima_jax's pieces of one micro-batch (CPU seconds), per model, shape and block."""
+    lines = [
+        "| model | micro-batch | block | next inputs | attention | linears (GFLOP) | Hessian pass | xᵀx panels (GFLOP) |",
+        "|" + "---|" * 8,
+    ]
+    for r in rows:
+        for b in r.get("jax_breakdown_cpu_s", []):
+            mb, t = b["micro_batch_shape"]
+            lines.append(
+                f"| {r['model']} | {mb} x {t} | {b['block']} | {b['forward']:.2f} | {b['attention']:.2f} "
+                f"| {b['linears']:.2f} ({b['linears_gflop']:.0f}) | {b['hessian_pass']:.2f} "
+                f"| {b['xtx_products']:.2f} ({b['xtx_gflop']:.0f}) |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -294,6 +412,9 @@ def main():
         help="pin the process to this many cores before JAX and torch start (torch threads = XLA threads = cores)",
     )
     ap.add_argument("--naive", action="store_true", help="also time optima_jax's naive attention alone")
+    ap.add_argument(
+        "--breakdown", action="store_true", help="also time the pieces of one optima_jax micro-batch (CPU seconds)"
+    )
     ap.add_argument("--out", default="docs/results/engine_vs_torch.json")
     args = ap.parse_args()
 
@@ -314,7 +435,9 @@ def main():
         for n, t in shapes:
             blocks_i = [int(b) for b in blocks.split(",")]
             load = os.getloadavg()[0]
-            rows.append(bench_shape(name, loaded, blocks_i, n, t, args.micro_batch, args.repeats, args.naive))
+            rows.append(
+                bench_shape(name, loaded, blocks_i, n, t, args.micro_batch, args.repeats, args.naive, args.breakdown)
+            )
             rows[-1]["load_avg_1min"] = [load, os.getloadavg()[0]]  # before, after: the machine is shared
     res = {
         "args": vars(args),
@@ -334,8 +457,13 @@ def main():
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
-    out.with_suffix(".md").write_text(table(rows))
-    print(table(rows))
+    md = f"Wall clock, seconds per block (min of {args.repeats} interleaved repeats):\n\n" + table(rows, "s")
+    md += "\nCPU seconds of the process per block (min of the same repeats):\n\n" + table(rows, "cpu_s")
+    md += "\nScaling: CPU seconds per block (Hessians + next inputs) by samples and length:\n\n" + scaling_table(rows)
+    if args.breakdown:
+        md += "\noptima_jax, one micro-batch, CPU seconds of each piece:\n\n" + breakdown_table(rows)
+    out.with_suffix(".md").write_text(md)
+    print(md)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,20 @@ def test_dispatch_and_override():
     assert attention._choice.impl == "auto"
 
 
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs a GPU")
+@pytest.mark.parametrize("window", [None, 8])
+def test_cudnn_path_on_gpu(window):
+    """On a GPU, bf16 without soft-capping goes to cuDNN (GQA, scale, causal, windows) and lands within bf16
+    rounding of the float64 reference; with soft-capping auto falls back to the blockwise path."""
+    q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in qkv(64, h=8, kv=2, hd=64))
+    ref = reference(np.float32(q), np.float32(k), np.float32(v), 0.125, None, window)
+    assert attention.cudnn_unsupported(q, None) is None
+    np.testing.assert_allclose(run(attention.attend_cudnn, q, k, v, 0.125, window), ref, atol=0.06)
+    np.testing.assert_allclose(run(attention.attend, q, k, v, 0.125, None, window), ref, atol=0.06)
+    capped = reference(np.float32(q), np.float32(k), np.float32(v), 0.125, 5.0, window)
+    np.testing.assert_allclose(run(attention.attend, q, k, v, 0.125, 5.0, window), capped, atol=0.06)
+
+
 def _jaxpr_shapes(jaxpr) -> list[tuple]:
     out = []
     for eqn in jaxpr.eqns:
