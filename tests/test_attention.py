@@ -213,7 +213,7 @@ def test_real_gemma3_blockwise_matches_naive_and_transformers():
     np.testing.assert_allclose(outs["blockwise"], ref, atol=2e-4 * np.abs(ref).max(), rtol=0)
 
 
-def test_blockwise_sharded_over_a_data_mesh(tmp_path):
+def test_blockwise_equal_on_8_devices(tmp_path):
     """The engine splits micro-batches over the data axis: the blockwise path (scan and loops over tiles) on a
     batch sharded over 8 CPU devices equals the float64 reference."""
     import os
