@@ -106,6 +106,11 @@ def default_config() -> ml_collections.ConfigDict:
     s("output_dir", "runs/default", "run directory: checkpoint, masks, report, log, resume state")
     s("overwrite", False, "replace an existing finished run in output_dir")
     s("export_hf", False, "also write an HF (safetensors + config.json) copy of the pruned model")
+    s(
+        "export_gemma",
+        False,
+        "Gemma 2/3: also write a checkpoint of DeepMind's gemma library to <output_dir>/gemma (gm.ckpts.load_params)",
+    )
     s("save_masks", True, "save the masks next to the checkpoint")
     # --- evaluation printed before/after
     s("eval.source", "", "perplexity text before and after ('' = skip); e.g. wikitext2 or a local file")
