@@ -96,6 +96,17 @@ def default_config() -> ml_collections.ConfigDict:
     )
     s("adam.steps", 500, "weight_update=adam: Adam steps per linear")
     s("adam.lrs", (1e-2, 1e-3, 1e-4, 1e-5), "weight_update=adam: learning rates tried, the best kept")
+    # --- mask refinement (between the selector and the weight update; docs/refine.md)
+    s(
+        "refine.method",
+        "none",
+        "none | alps: change the selector's mask to lower the layer objective (ADMM, ALPS), then the update",
+    )
+    s("refine.max_iter", 300, "alps: most ADMM iterations per linear (ALPS: 300)")
+    s("refine.rho", 0.1, "alps: initial penalty rho on H normalised to unit diagonal (ALPS: 0.1)")
+    s("refine.check_every", 3, "alps: iterations between support checks and rho updates (ALPS: 3)")
+    s("refine.min_iter", 30, "alps: iterations before the stop on a small support change (ALPS: 30)")
+    s("refine.stop_change", 3e-4, "alps: stop when the support changes by less than this share of kept entries")
     # --- devices
     s("mesh.data", -1, "devices on the data axis (-1: all devices)")
     s("mesh.rows", 1, "devices on the solver's rows axis")
