@@ -19,7 +19,9 @@ from optima_jax import checkpoint, data, evaluate, models, report, sharding
 from optima_jax.engine import check_dense_finite, run_sequential
 from optima_jax.errors import OptimaError, is_device_oom
 from optima_jax.fileio import atomic_write_text
+from optima_jax.checkpoint import exports
 from optima_jax.models import api
+from optima_jax.models.loading.core import generation_config, sentencepiece_model
 from optima_jax.pruner import make_pruner
 from optima_jax.run_log import setup_logging
 from optima_jax.sparsity import SparsitySpec, select_linears
@@ -103,6 +105,19 @@ def prune_blocks(
     return rows, times
 
 
+def _write_model_files(directory: Path, source: str, tokenizer) -> None:
+    """The files of the source model that serving needs next to the params: its tokenizer, its SentencePiece
+    model (for the gemma library) and its generation config."""
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(directory / "tokenizer"))
+    spm = sentencepiece_model(source)
+    if spm:
+        (directory / exports.SPM_FILE).write_bytes(spm)
+    gen = generation_config(source)
+    if gen:
+        atomic_write_text(directory / exports.GENERATION_FILE, json.dumps(gen, indent=1))
+
+
 def run(cfg) -> dict:
     """Run a validated config end to end. Returns a summary dict (perplexities, timings, paths).
 
@@ -140,6 +155,7 @@ def _run(cfg, restores: list) -> dict:
     timings["load_s"] = time.perf_counter() - t
     add_bos = config.adds_bos(tokenizer) if cfg.calibration.add_bos < 0 else bool(cfg.calibration.add_bos)
     check_finite_params(loaded.params, cfg.model)
+    exports.check_targets(config, cfg.export_gemma)
     scope = linears_in_scope(config, cfg.prune_scope)
     spec = SparsitySpec.parse(cfg.sparsity)
     for name in sorted(scope):
@@ -268,6 +284,7 @@ def _run(cfg, restores: list) -> dict:
         "model_type": config.model_type,
         "versions": _versions(),
         "linears": rows,
+        "block_linears": sorted(api.linear_names(config)),
         "timings": timings,
     }
     checkpoint.save_pruned(
@@ -275,11 +292,16 @@ def _run(cfg, restores: list) -> dict:
         params,
         masks if cfg.save_masks else {},
         metadata,
-        write_extra=None if tokenizer is None else lambda d: tokenizer.save_pretrained(str(d / "tokenizer")),
+        write_extra=lambda d: _write_model_files(d, loaded.source, tokenizer),
     )
-    if cfg.export_hf and main:
-        models.save_hf(out / "hf", config, params, tokenizer)
-        log.info("HF export written to %s", out / "hf")
+    if (cfg.export_hf or cfg.export_gemma) and main:
+        hf_dir, gemma_dir = (out / "hf" if cfg.export_hf else None), (out / "gemma" if cfg.export_gemma else None)
+        exports.write_exports(
+            config, params, tokenizer, metadata, out / "checkpoint", hf_dir=hf_dir, gemma_dir=gemma_dir
+        )
+        for d in (hf_dir, gemma_dir):
+            if d is not None:
+                log.info("export written to %s", d)
 
     if cfg.eval.source:
         ppl["pruned"] = _perplexity(model, config, tokenizer, cfg, add_bos)

@@ -20,13 +20,13 @@ STAGES: list[tuple[str, ...]] = [
     ("optima_jax.models",),
     ("optima_jax.config", "optima_jax.sparsity", "optima_jax.sharding", "optima_jax.assets"),
     ("optima_jax.data",),
-    ("optima_jax.qp", "optima_jax.selectors", "optima_jax.updates"),
+    ("optima_jax.qp", "optima_jax.selectors", "optima_jax.updates", "optima_jax.refine"),
     ("optima_jax.engine",),
     ("optima_jax.pruner",),
     ("optima_jax.checkpoint", "optima_jax.report", "optima_jax.run_log", "optima_jax.capture"),
     ("optima_jax.evaluate",),
     ("optima_jax.lm_eval", "optima_jax.validation", "optima_jax.pipeline"),
-    ("optima_jax.prune",),
+    ("optima_jax.prune", "optima_jax.export"),
 ]
 
 # Modules that need an optional extra (pip install 'optima_jax[lm-eval]'): importing them inside the function

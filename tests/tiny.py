@@ -93,6 +93,16 @@ def hf_config(family: str, **over):
             layer_types=["sliding_attention", "full_attention", "sliding_attention"],
             **common,
         )
+    if family == "gemma2":  # soft-capping small enough to act on random weights
+        return tf.Gemma2Config(
+            head_dim=16,
+            sliding_window=8,
+            query_pre_attn_scalar=16,
+            attn_logit_softcapping=2.0,
+            final_logit_softcapping=3.0,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            **common,
+        )
     if family == "qwen2":
         return tf.Qwen2Config(tie_word_embeddings=False, **common)
     if family == "qwen3":  # head_dim != hidden / heads, tied head, q/k norms (random in make_checkpoint)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from typing import Any
@@ -13,7 +14,9 @@ from optima_jax.models.build import validate_params
 from optima_jax.models.config import ModelConfig
 from optima_jax.models.errors import CheckpointError
 from optima_jax.models.loading import hf_local
-from optima_jax.models.loading.pypi_models import is_pypi_source
+from optima_jax.models.loading.gemma_ckpt import is_gemma_source, load_gemma_lib, split_source
+from optima_jax.models.loading.pypi_models import is_pypi_source, resolve_pypi_model
+from optima_jax.models.loading.spm import sentencepiece_from_gguf
 from optima_jax.models.loading.gguf import load_gguf
 from optima_jax.models.registry import config_from_hf, params_module
 
@@ -78,13 +81,25 @@ def load_gguf_source(source: str, dtype="float32") -> LoadedModel:
     return LoadedModel(cfg, params, tokenizer, source=source)
 
 
+def load_gemma_source(source: str, dtype="float32") -> LoadedModel:
+    """``gemma:[<Variant>:]<dir>``: a checkpoint of DeepMind's gemma library (models.loading.gemma_ckpt)."""
+    cfg, params, tokenizer = load_gemma_lib(source)
+    np_dtype = _np_dtype(dtype)
+    params = {k: v.astype(np_dtype, copy=False) for k, v in params.items()}
+    validate_params(cfg, params, where=source)
+    return LoadedModel(cfg, params, tokenizer, source=source)
+
+
 def load_model(source: str, dtype="float32", strict: bool = True, revision: str | None = None) -> LoadedModel:
-    """Load a model from an HF directory, a hub repo id (``org/name``), a ``*.gguf`` file or ``pypi:<package>``
-    (or a packaged-model alias such as ``smollm2-135m``, see models.loading.pypi_models).
+    """Load a model from an HF directory, a hub repo id (``org/name``), a ``*.gguf`` file, ``pypi:<package>``
+    (or a packaged-model alias such as ``smollm2-135m``, see models.loading.pypi_models) or a checkpoint of
+    DeepMind's gemma library (``gemma:[<Variant>:]<dir>``, see models.loading.gemma_ckpt).
 
     Params come back as numpy arrays in ``dtype`` ("float32" | "bfloat16" | "float16"), HF names and layout.
     """
     source = os.fspath(source)
+    if is_gemma_source(source):
+        return load_gemma_source(source, dtype)
     if is_pypi_source(source) or source.lower().endswith(".gguf"):
         if source.lower().endswith(".gguf") and not os.path.isfile(source):
             raise CheckpointError(f"{source}: GGUF file does not exist")
@@ -96,3 +111,36 @@ def load_model(source: str, dtype="float32", strict: bool = True, revision: str 
     if _HUB_ID.match(source) and not source.startswith((".", "/")):
         return load_hf_dir(download_hub(source, revision), dtype, strict=strict)
     raise CheckpointError(f"{source}: model directory does not exist (and it is not a hub id, .gguf or pypi: source)")
+
+
+def _source_dirs(source: str) -> list[str]:
+    """The directories a loaded model's files came from (an export directory and its parent for ``gemma:``)."""
+    if is_gemma_source(source):
+        path = split_source(source)[1]
+        return [path, os.path.dirname(os.path.abspath(path))]
+    return [source] if os.path.isdir(source) else []
+
+
+def sentencepiece_model(source: str) -> bytes | None:
+    """The model's SentencePiece ``tokenizer.model`` (what the gemma library's tokenizer reads): the file of a
+    directory source, rebuilt from the vocabulary of a GGUF one; None for byte-level BPE vocabularies."""
+    for d in _source_dirs(source):
+        if os.path.isfile(os.path.join(d, "tokenizer.model")):
+            with open(os.path.join(d, "tokenizer.model"), "rb") as f:
+                return f.read()
+    if is_pypi_source(source) or source.lower().endswith(".gguf"):
+        import gguf
+
+        path = resolve_pypi_model(source) if is_pypi_source(source) else source
+        return sentencepiece_from_gguf(gguf.GGUFReader(path), where=str(path))
+    return None
+
+
+def generation_config(source: str) -> dict | None:
+    """The source directory's ``generation_config.json`` (extra EOS ids, sampling defaults), if it has one."""
+    for d in _source_dirs(source):
+        path = os.path.join(d, "generation_config.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                return json.load(f)
+    return None
