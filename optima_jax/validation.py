@@ -12,6 +12,7 @@ from pathlib import Path
 from optima_jax import data
 from optima_jax.config import SOLVER_METHODS
 from optima_jax.errors import OptimaError
+from optima_jax.refine import REFINERS
 from optima_jax.selectors import SELECTORS
 from optima_jax.selectors.external import check_mask_file
 from optima_jax.sparsity import SCOPES, SparsitySpec
@@ -43,6 +44,7 @@ def validate(cfg) -> None:
     if cfg.solver.method not in SOLVER_METHODS:
         raise OptimaError(f"solver.method must be one of {SOLVER_METHODS}, got {cfg.solver.method!r}")
     _check_solver(cfg.solver)
+    _check_refine(cfg)
     _check_number("adam.steps", cfg.adam.steps, ge=1, integer=True)
     _check_numbers("adam.lrs", cfg.adam.lrs, gt=0)
     if cfg.solver.auto_damp and not cfg.calibration.validation_source:
@@ -88,6 +90,22 @@ def _check_solver(s) -> None:
     _check_numbers("solver.auto_damp_grid", s.auto_damp_grid, ge=0)
     _check_number("solver.memory_budget_gb", s.memory_budget_gb, gt=0)
     _check_number("solver.min_converged_fraction", s.min_converged_fraction, ge=0, le=1)
+
+
+def _check_refine(cfg) -> None:
+    r = cfg.refine
+    if r.method not in REFINERS:
+        raise OptimaError(f"unknown refine.method {r.method!r}; available: {', '.join(sorted(REFINERS))}")
+    if r.method != "none" and cfg.weight_update not in ("optima", "adam"):
+        raise OptimaError(
+            f"refine.method={r.method} needs weight_update optima or adam (the refined mask is chosen for re-solved "
+            f"weights), got {cfg.weight_update!r}"
+        )
+    _check_number("refine.max_iter", r.max_iter, ge=1, integer=True)
+    _check_number("refine.rho", r.rho, gt=0)
+    _check_number("refine.check_every", r.check_every, ge=1, integer=True)
+    _check_number("refine.min_iter", r.min_iter, ge=0, integer=True)
+    _check_number("refine.stop_change", r.stop_change, ge=0, lt=1)
 
 
 def _check_number(key: str, v, *, gt=None, ge=None, lt=None, le=None, integer=False, note="") -> None:

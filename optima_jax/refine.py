@@ -1,0 +1,290 @@
+"""Mask refinement between the selector and the weight update, registered by name (`REFINERS`).
+
+A refiner starts from a selector's mask and changes the support to lower the layer objective
+½·tr(ΔW (H + λI) ΔWᵀ) (λ = damp · mean(diag H), the weight update's ridge), keeping the start mask's sparsity
+pattern: unstructured, the same number of kept entries in every row as the start mask (so the spec's per-row
+count for Wanda, Thanos, SparseGPT's own per-row count, an external mask's counts); N:M, N kept in every group
+of M consecutive inputs of a row. It ends with the exact solve (`qp.solve_rows(method="exact")`) on the final
+support, and keeps, per row, the better of (refined support, its exact weights) and (start support, its exact
+weights): rows are independent given the support, so the refined objective is never above the start mask's
+exact optimum, row by row (up to the solver's rtol).
+
+Names:
+  none  the selector's mask, unchanged
+  alps  ALPS's ADMM (Meng, Behdin, Wang, Mazumder, NeurIPS 2024; mazumder-lab/ALPS `alps.py`, `ALPS_admm`) on the
+        ℓ0-constrained layer problem, per row batched over one shared H (docs/refine.md):
+          H normalised to unit diagonal after damping, Ĥ = S Hd S (alps.py lines 85-93);
+          W-step  B = (B₀Ĥ − V + ρD)(Ĥ + ρI)⁻¹, one eigendecomposition Ĥ = QΛQᵀ reused for every ρ (113-114, 151);
+          D-step  D = projection of B + V/ρ on the sparsity set (per row here, N:M groups; 153-165);
+          dual    V += ρ(B − D) (167);
+          every `check_every` iterations the support change decides ρ: ×1.3 above 10% of the kept entries,
+          ×1.2 above 0.5%, ×1.1 for any change once ρ has grown, else ÷5 (and a restart when ρ never grew);
+          stop when the support stops changing, or after `min_iter` when it changes by less than `stop_change`
+          of the kept entries (169-225); the final support is the projection of B (227-236).
+        Differences: the start is the selector's support (D₀ = the start mask's exact optimum; ALPS starts
+        from magnitude on the normalised weights, i.e. Wanda's mask); per-row projection (ALPS: layer-wide);
+        ρ kept ≥ 1e-6; the final weights are our exact solve (ALPS: 10 CG steps); the per-row safeguard above.
+
+Device residency (tests/test_device_resident.py): H, W and the masks stay device arrays; the loop runs in one
+jitted `lax.while_loop`; the report's scalars come back in one `transfers.fetch`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from optima_jax import qp
+from optima_jax.config import default_config
+from optima_jax.errors import OptimaError
+from optima_jax.selectors.base import LinearStats, SelectionResult
+from optima_jax.selectors.masks import apply_mask, keep_mask_nm, ranks
+from optima_jax.sparsity import SparsitySpec
+from optima_jax.transfers import fetch, put, to_device
+from optima_jax.updates import UpdateSettings
+
+HI = jax.lax.Precision.HIGHEST
+RHO_MIN, RHO_MAX = 1e-6, 1e6  # ALPS caps ρ at 1e6 (alps.py line 198); the floor is ours (ρ ÷ 5 repeatedly)
+
+
+class RefineError(OptimaError):
+    """Bad input to a mask refiner (unknown name, bad settings)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RefineSettings:
+    """The refine.* settings of a run config (hashable: a jit-static argument)."""
+
+    method: str = "none"
+    max_iter: int = 300
+    rho: float = 0.1
+    check_every: int = 3
+    min_iter: int = 30
+    stop_change: float = 3e-4
+
+    @classmethod
+    def from_config(cls, cfg=None, **overrides) -> "RefineSettings":
+        """From a run config (default: `default_config()`); `overrides` replace fields by name."""
+        r = (default_config() if cfg is None else cfg).refine
+        out = cls(
+            method=str(r.method),
+            max_iter=int(r.max_iter),
+            rho=float(r.rho),
+            check_every=int(r.check_every),
+            min_iter=int(r.min_iter),
+            stop_change=float(r.stop_change),
+        )
+        return dataclasses.replace(out, **overrides)
+
+
+class RefineResult(NamedTuple):
+    """selection: the refined keep mask and its weights (float32, pruned entries 0; the exact optimum on the
+    support, per row the better of refined and start). start_weight: the exact optimum on the start mask.
+    info: python scalars for the report (iterations, rho, rows_refined, entries_changed)."""
+
+    selection: SelectionResult
+    start_weight: jax.Array
+    info: dict
+
+
+RefinerFn = Callable[..., RefineResult]
+REFINERS: dict[str, RefinerFn] = {}
+
+
+def register_refiner(name: str):
+    def deco(fn: RefinerFn) -> RefinerFn:
+        REFINERS[name] = fn
+        return fn
+
+    return deco
+
+
+def get_refiner(name: str) -> RefinerFn:
+    if name not in REFINERS:
+        raise RefineError(f"unknown refiner {name!r}; registered: {', '.join(sorted(REFINERS))}")
+    return REFINERS[name]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the ADMM core (any float dtype: float32 in runs, float64 for the reference test)
+
+
+def project(Z, kept_row, spec: SparsitySpec):
+    """Keep mask of the largest |Z| per row: `kept_row` entries of every row (unstructured), or N of every M
+    consecutive inputs (N:M). Ties: the lower index is removed first (stable sort, as the selectors)."""
+    a = jnp.abs(Z)
+    if spec.kind == "nm":
+        return keep_mask_nm(a, spec.n, spec.m)
+    return ranks(a) >= (Z.shape[1] - kept_row)[:, None]
+
+
+@jax.jit
+def normalised_hessian(H, damp):
+    """(Ĥ, x, λ): Hd = H + λI with λ = damp · mean(diag H) (mean 1 if ≤ 0, as the solver), x = sqrt(diag Hd),
+    Ĥ = Hd / (x xᵀ) (0 on dead channels, x = 0)."""
+    H = 0.5 * (H + H.T)
+    md = jnp.mean(jnp.diagonal(H))
+    lam = damp * jnp.where(md > 0, md, 1.0)
+    Hd = H + lam * jnp.eye(H.shape[0], dtype=H.dtype)
+    x = jnp.sqrt(jnp.maximum(jnp.diagonal(Hd), 0))
+    ix = jnp.where(x > 0, 1 / jnp.where(x > 0, x, 1), 0)
+    return Hd * ix[:, None] * ix[None, :], x, lam
+
+
+@partial(jax.jit, static_argnames=("spec", "cfg"))
+def admm_support(H, W, keep0, W0, damp, *, spec: SparsitySpec, cfg: RefineSettings):
+    """ALPS's ADMM from the start support `keep0` (start point D₀ = W0, the start's exact weights, normalised).
+
+    Returns (keep, W_admm, iterations, rho): the final support (projection of B), the ADMM weights B in the
+    original coordinates on that support (a warm start for the exact solve), iterations run, final ρ. Works
+    in the dtype of H and W."""
+    dt = W.dtype
+    Hh, x, _ = normalised_hessian(H.astype(dt), damp.astype(dt))
+    L, Q = jnp.linalg.eigh(Hh)
+    L = jnp.maximum(L, 0)
+    mm = partial(jnp.matmul, precision=HI)
+
+    def inverse(rho):  # (Ĥ + ρI)⁻¹ from the one eigendecomposition
+        return mm(Q * (1 / (L + rho))[None, :], Q.T)
+
+    Y = mm(W * x[None, :], Hh)  # B₀Ĥ
+    D0 = jnp.where(keep0, W0 * x[None, :], 0).astype(dt)
+    kept_row = jnp.sum(keep0, axis=1)
+    total = jnp.sum(kept_row).astype(dt)
+    rho0 = jnp.asarray(cfg.rho, dt)
+    state = dict(
+        i=jnp.zeros((), jnp.int32),
+        B=D0,
+        D=D0,
+        V=jnp.zeros_like(D0),
+        rho=rho0,
+        inv=inverse(rho0),
+        grown=jnp.zeros((), bool),
+        prev=keep0,
+        done=jnp.zeros((), bool),
+    )
+
+    def check(s, keep):
+        ch = jnp.sum(keep != s["prev"])
+        fr = ch.astype(dt) / total
+        c1 = fr > 0.1
+        c2 = ~c1 & (fr > 0.005)
+        c3 = ~c1 & ~c2 & (ch > 0)
+        c4 = ~(c1 | c2 | c3)
+        g = s["grown"]
+        rho = s["rho"]
+        rho = jnp.where(c1, rho * 1.3, jnp.where(c2, rho * 1.2, jnp.where(g, jnp.where(c3, rho * 1.1, rho), rho / 5)))
+        reset = c3 & ~g
+        stop = c4 & g
+        rho = jnp.clip(rho, RHO_MIN, RHO_MAX)
+        stop = stop | ((s["i"] - 1 >= cfg.min_iter) & (fr < cfg.stop_change))
+        return dict(
+            s,
+            D=jnp.where(reset, D0, s["D"]),
+            V=jnp.where(reset, 0, s["V"]),
+            rho=rho,
+            inv=inverse(rho),
+            grown=g | c1 | c2,
+            prev=keep,
+            done=stop,
+        )
+
+    def body(s):
+        rho = s["rho"]
+        B = mm(Y - s["V"] + rho * s["D"], s["inv"])
+        Z = B + s["V"] / rho
+        keep = project(Z, kept_row, spec)
+        D = jnp.where(keep, Z, 0)
+        V = s["V"] + rho * (B - D)
+        s = dict(s, i=s["i"] + 1, B=B, D=D, V=V)
+        return jax.lax.cond(s["i"] % cfg.check_every == 0, lambda s: check(s, keep), lambda s: s, s)
+
+    s = jax.lax.while_loop(lambda s: (s["i"] < cfg.max_iter) & ~s["done"], body, state)
+    keep = project(s["B"], kept_row, spec)
+    ix = jnp.where(x > 0, 1 / jnp.where(x > 0, x, 1), 0)
+    W_admm = jnp.where(keep, jnp.where(x[None, :] > 0, s["B"] * ix[None, :], W), 0)
+    return keep, W_admm, s["i"], s["rho"]
+
+
+@jax.jit
+def row_objectives(H, W, Wn, lam):
+    """float (out,): ½ ΔᵀHΔ + ½ λ|Δ|² per row (Δ = Wn − W): the damped objective the solves minimise."""
+    d = Wn - W
+    return 0.5 * jnp.sum(jnp.matmul(d, H, precision=HI) * d, axis=1) + 0.5 * lam * jnp.sum(d * d, axis=1)
+
+
+@jax.jit
+def _choose(H, W, keep0, W0, keep1, W1, lam):
+    """Per row, the better of (start support, exact weights) and (refined support, exact weights); a row whose
+    support did not change keeps the start's weights."""
+    moved = jnp.any(keep1 != keep0, axis=1)
+    better = moved & (row_objectives(H, W, W1, lam) < row_objectives(H, W, W0, lam))
+    keep = jnp.where(better[:, None], keep1, keep0)
+    weight = jnp.where(better[:, None], W1, W0)
+    return keep, weight, jnp.sum(better), jnp.sum(keep != keep0)
+
+
+def _solve(H, W, keep, damp: float, update: UpdateSettings, W_init, where: str):
+    return qp.solve_rows(
+        H,
+        W,
+        keep,
+        damp=damp,
+        method="exact",
+        W_init=W_init,
+        rtol=update.rtol,
+        memory_budget_bytes=update.memory_budget_bytes,
+        mesh=update.mesh,
+        where=where,
+    ).weight
+
+
+@register_refiner("none")
+def refine_none(W, selection, stats, spec, settings=None, update=None, *, damp=0.0, start_weight=None, where="layer"):
+    """The selector's mask unchanged; start_weight as given (else the selector's weights)."""
+    sw = apply_mask(selection.keep_mask, selection.weight) if start_weight is None else start_weight
+    return RefineResult(selection, sw, {"iterations": 0, "rho": None, "rows_refined": 0, "entries_changed": 0})
+
+
+@register_refiner("alps")
+def refine_alps(
+    W,
+    selection: SelectionResult,
+    stats: LinearStats,
+    spec,
+    settings: RefineSettings | None = None,
+    update: UpdateSettings | None = None,
+    *,
+    damp: float,
+    start_weight=None,
+    where: str = "layer",
+) -> RefineResult:
+    """ALPS-style refinement of `selection`'s mask (module docstring). W (out, in) dense; stats.H Σxᵀx; damp:
+    the ridge of every solve and of the ADMM (damp · mean(diag H)). start_weight: the exact optimum on the start
+    mask at this damp if the caller has it (else solved here). Returns a RefineResult (info: python scalars)."""
+    settings = RefineSettings.from_config(method="alps") if settings is None else settings
+    update = UpdateSettings.from_config() if update is None else update
+    spec = SparsitySpec.parse(spec)
+    spec.validate_for(W.shape[1], where=where)
+    if settings.max_iter < 1 or settings.check_every < 1 or not settings.rho > 0:
+        raise RefineError(f"{where}: refine needs max_iter >= 1, check_every >= 1 and rho > 0, got {settings}")
+    H, W, keep0 = to_device(stats.H, jnp.float32), to_device(W, jnp.float32), to_device(selection.keep_mask)
+    if start_weight is None:
+        start_weight = _solve(H, W, keep0, damp, update, apply_mask(keep0, selection.weight), where)
+    dput = put(damp)
+    keep1, W_admm, its, rho = admm_support(H, W, keep0, start_weight, dput, spec=spec, cfg=settings)
+    W1 = _solve(H, W, keep1, damp, update, W_admm, where)
+    _, _, lam = normalised_hessian(H, dput)
+    keep, weight, rows, changed = _choose(H, W, keep0, start_weight, keep1, W1, lam)
+    num = fetch({"iterations": its, "rho": rho, "rows_refined": rows, "entries_changed": changed})
+    info = {
+        "iterations": int(num["iterations"]),
+        "rho": float(num["rho"]),
+        "rows_refined": int(num["rows_refined"]),
+        "entries_changed": int(num["entries_changed"]),
+    }
+    return RefineResult(SelectionResult(keep, weight, {"refiner": "alps"}), start_weight, info)
