@@ -25,18 +25,7 @@ def prune_cli(*args, env=ENV, cwd=None):
     )
 
 
-def tiny_run_args(model_dir, out, *extra):
-    return [
-        "--config",
-        "base",
-        f"--config.model={model_dir}",
-        f"--config.output_dir={out}",
-        f"--config.calibration.source={tiny.shared_text('wiki_train.txt')}",
-        "--config.calibration.nsamples=4",
-        "--config.calibration.seqlen=32",
-        "--config.calibration.micro_batch=4",
-        *extra,
-    ]
+tiny_run_args = tiny.run_args
 
 
 def one_error_line(r) -> str:

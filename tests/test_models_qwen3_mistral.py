@@ -417,19 +417,8 @@ def test_tiny_prune_prunes_the_right_tensors(tmp_path, family, scope):
 
     src = tiny.make_checkpoint(tmp_path / family, family)
     out = tmp_path / "run"
-    argv = [
-        "optima-prune",
-        "--config",
-        "base",
-        f"--config.model={src}",
-        f"--config.output_dir={out}",
-        f"--config.prune_scope={scope}",
-        f"--config.calibration.source={tiny.shared_text('wiki_train.txt')}",
-        "--config.calibration.nsamples=8",
-        "--config.calibration.seqlen=32",
-        "--config.calibration.micro_batch=4",
-        "--config.export_hf=True",
-    ]
+    argv = ["optima-prune", *tiny.run_args(src, out, f"--config.prune_scope={scope}", nsamples=8)]
+    argv += ["--config.export_hf=True"]
     assert main(argv) == 0
 
     dense = load_file(str(src / "model.safetensors"))

@@ -187,20 +187,8 @@ def gemma_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serving")
     src = tiny.make_checkpoint(tmp / "g3", "gemma3")
     out = tmp / "run"
-    argv = [
-        "optima-prune",
-        "--config",
-        "base",
-        f"--config.model={src}",
-        f"--config.output_dir={out}",
-        f"--config.calibration.source={tiny.shared_text('wiki_train.txt')}",
-        "--config.calibration.nsamples=8",
-        "--config.calibration.seqlen=32",
-        "--config.calibration.micro_batch=4",
-        "--config.prune_scope=mlp",
-        "--config.export_hf=True",
-        "--config.export_gemma=True",
-    ]
+    argv = ["optima-prune", *tiny.run_args(src, out, nsamples=8)]
+    argv += ["--config.prune_scope=mlp", "--config.export_hf=True", "--config.export_gemma=True"]
     assert main(argv) == 0
     return src, out
 
@@ -283,7 +271,5 @@ def test_export_errors_are_one_line_and_write_nothing(gemma_run, tmp_path):
     # export_gemma on a model the library cannot express: refused before the output directory exists
     src = tiny.make_checkpoint(tmp_path / "llama", "llama")
     run_dir = tmp_path / "llama_run"
-    argv = ["optima-prune", "--config", "base", f"--config.model={src}", f"--config.output_dir={run_dir}"]
-    argv += [f"--config.calibration.source={tiny.shared_text('wiki_train.txt')}", "--config.export_gemma=True"]
-    assert main(argv) == 2
+    assert main(["optima-prune", *tiny.run_args(src, run_dir, "--config.export_gemma=True")]) == 2
     assert not run_dir.exists()

@@ -127,3 +127,18 @@ def make_checkpoint(path: Path, family: str = "llama", seed: int = 0, tokenizer_
     model.save_pretrained(str(path), safe_serialization=True)
     save_tokenizer(path, adds_bos=tokenizer_adds_bos)
     return path
+
+
+def run_args(model_dir, out, *extra, nsamples: int = 4) -> list[str]:
+    """``optima-prune`` arguments (after the program name) for a small run of ``model_dir`` into ``out``."""
+    return [
+        "--config",
+        "base",
+        f"--config.model={model_dir}",
+        f"--config.output_dir={out}",
+        f"--config.calibration.source={shared_text('wiki_train.txt')}",
+        f"--config.calibration.nsamples={nsamples}",
+        "--config.calibration.seqlen=32",
+        "--config.calibration.micro_batch=4",
+        *extra,
+    ]
