@@ -14,6 +14,8 @@ Modes (the model is `--model NAME`, a `gm.nn` class such as Gemma3_270M, or
                               float32 (B, T, V)
   --ckpt DIR --sample PROMPT --tokenizer SPM.model --max-new-tokens N
                               greedy `gm.text.Sampler` generation, printed
+  --dump-config               the model's TransformerConfig fields as JSON
+                              (enums by member name, without vision_encoder)
 
 Config JSON: any TransformerConfig field except vision_encoder:
   num_embed, embed_dim, hidden_dim, num_heads, head_dim, num_kv_heads,
@@ -156,11 +158,12 @@ def main(argv=None):
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--cache-length", type=int, default=1024)
     p.add_argument("--print-tree", action="store_true", help="print the param tree (key path: shape dtype)")
+    p.add_argument("--dump-config", action="store_true", help="print the model's config fields as JSON")
     args = p.parse_args(argv)
 
-    modes = [bool(args.init_out), bool(args.out), bool(args.sample)]
+    modes = [bool(args.init_out), bool(args.out), bool(args.sample), args.dump_config]
     if sum(modes) != 1:
-        _fail("give exactly one of --init-out, --out (with --tokens), --sample")
+        _fail("give exactly one of --init-out, --out (with --tokens), --sample, --dump-config")
 
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax  # pylint: disable=g-import-not-at-top
@@ -171,6 +174,18 @@ def main(argv=None):
     from gemma import gm  # pylint: disable=g-import-not-at-top
 
     model = build_model(gm, jnp, args)
+    if args.dump_config:
+        cfg = model.config
+        out = {}
+        for f in dataclasses.fields(cfg):
+            if f.name == "vision_encoder":
+                continue
+            v = getattr(cfg, f.name)
+            if isinstance(v, (tuple, list)):
+                v = [getattr(x, "name", x) for x in v]
+            out[f.name] = getattr(v, "name", v)
+        print(json.dumps(out))
+        return
 
     def print_tree(params):
         for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
