@@ -179,6 +179,9 @@ def test_a_named_variant_is_recognised_by_its_shapes_and_bad_checkpoints_name_th
 
 
 # ------------------------------------------------------------------------------------ a pruned run, exported
+CHAT_TEMPLATE = "{% for m in messages %}<bos>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+
+
 @pytest.fixture(scope="module")
 def gemma_run(tmp_path_factory):
     """A tiny Gemma 3 pruned with export_hf and export_gemma."""
@@ -186,6 +189,11 @@ def gemma_run(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("serving")
     src = tiny.make_checkpoint(tmp / "g3", "gemma3")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(src))
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(str(src))
     out = tmp / "run"
     argv = ["optima-prune", *tiny.run_args(src, out, nsamples=8)]
     argv += ["--config.prune_scope=mlp", "--config.export_hf=True", "--config.export_gemma=True"]
@@ -222,6 +230,9 @@ def test_hf_export_loads_in_transformers_with_our_logits_and_generates(gemma_run
     ours = models.forward(models.build_model(config, pruned), ids)
     np.testing.assert_allclose(np.asarray(ours), torch_logits(hf, ids), atol=1e-4, rtol=0)
     tok = transformers.AutoTokenizer.from_pretrained(str(hf_dir))
+    assert tok.chat_template == CHAT_TEMPLATE
+    chat = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+    assert chat == "<bos>user: hi\n"
     prompt = tok("The history of", return_tensors="pt")
     with torch.no_grad():
         new = hf.generate(**prompt, max_new_tokens=5, do_sample=False)
