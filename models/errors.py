@@ -10,3 +10,7 @@ class ParamsError(OptimaError):
 
 class CheckpointError(OptimaError):
     """A model source that cannot be read: missing directory/file, corrupt or truncated safetensors."""
+
+
+class GGUFError(OptimaError):
+    """A GGUF file that is missing, malformed, or of an architecture we do not port."""

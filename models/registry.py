@@ -1,4 +1,6 @@
-"""The registry of supported model families (``FAMILIES``, one literal): per family its HF ``model_type``s and\nconfig parsers, its tensor names, its backbone and its block layout. Everything else asks the family here."""
+"""The registry of supported model families (``FAMILIES``, one literal): per family its HF ``model_type``s and
+config parsers, its tensor names, its backbone, its block layout and its GGUF names. Everything else asks the
+family here."""
 
 from __future__ import annotations
 
@@ -8,13 +10,19 @@ from typing import Callable
 
 from optima_jax.models import hf_names
 from optima_jax.models.config import ModelConfig, UnsupportedModelError
+from optima_jax.models.gemma import gguf_names as _gemma_gguf
 from optima_jax.models.gemma import modeling as _gemma
 from optima_jax.models.gemma import params as _gemma_params
+from optima_jax.models.gguf_names import GGUFNames
+from optima_jax.models.llama import gguf_names as _llama_gguf
 from optima_jax.models.llama import modeling as _llama
+from optima_jax.models.mistral import gguf_names as _mistral_gguf
 from optima_jax.models.mistral import modeling as _mistral
 from optima_jax.models.opt import modeling as _opt
 from optima_jax.models.opt import params as _opt_params
+from optima_jax.models.qwen2 import gguf_names as _qwen2_gguf
 from optima_jax.models.qwen2 import modeling as _qwen2
+from optima_jax.models.qwen3 import gguf_names as _qwen3_gguf
 from optima_jax.models.qwen3 import modeling as _qwen3
 from optima_jax.models.transformer import Backbone
 
@@ -28,6 +36,8 @@ class Family:
     backbone: the nnx module class of HF's ``model.`` subtree.
     layout: the block's tensors (``LINEAR_NAMES``, ``INPUT_GROUPS`` (which linears share an input, and so which
     are MLP), ``layer_prefix``, ``linear_shapes``, ``block_shapes``).
+    gguf: how llama.cpp's GGUF files name the family (``models.gguf_names.GGUFNames``: architectures, tensor
+    names, metadata -> config, conventions to undo); None: no GGUF support.
     Families on the core decoder use its names, backbone and layout (``models.hf_names``, ``transformer.Backbone``).
     """
 
@@ -36,14 +46,19 @@ class Family:
     names: ModuleType = hf_names
     backbone: type = Backbone
     layout: ModuleType = hf_names
+    gguf: GGUFNames | None = None
 
 
 # The one registry of supported families.
 FAMILIES: tuple[Family, ...] = (
-    Family("llama", {"llama": _llama.config_from_hf}),
-    Family("mistral", {"mistral": _mistral.config_from_hf, "ministral": _mistral.ministral_config_from_hf}),
-    Family("qwen2", {"qwen2": _qwen2.config_from_hf}),
-    Family("qwen3", {"qwen3": _qwen3.config_from_hf}),
+    Family("llama", {"llama": _llama.config_from_hf}, gguf=_llama_gguf.GGUF),
+    Family(
+        "mistral",
+        {"mistral": _mistral.config_from_hf, "ministral": _mistral.ministral_config_from_hf},
+        gguf=_mistral_gguf.GGUF,
+    ),
+    Family("qwen2", {"qwen2": _qwen2.config_from_hf}, gguf=_qwen2_gguf.GGUF),
+    Family("qwen3", {"qwen3": _qwen3.config_from_hf}, gguf=_qwen3_gguf.GGUF),
     Family(
         "gemma",
         {
@@ -52,6 +67,7 @@ FAMILIES: tuple[Family, ...] = (
             "gemma3": _gemma.gemma3_config_from_hf,
         },
         names=_gemma_params,
+        gguf=_gemma_gguf.GGUF,
     ),
     Family("opt", {"opt": _opt.config_from_hf}, names=_opt_params, backbone=_opt.OPTModel, layout=_opt_params),
 )

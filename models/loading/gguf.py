@@ -2,17 +2,21 @@
 
 Tensors are read with ``gguf.GGUFReader`` and de-quantized with ``gguf.quants.dequantize`` (every GGML type the
 package knows: F32/F16/BF16, Q4_0..Q8_0, K-quants, I-quants), then renamed to HF names in HF layout
-``(out_features, in_features)`` as float32. Two llama.cpp conventions are undone:
+``(out_features, in_features)`` as float32.
 
-* LLaMA (and Mistral, which llama.cpp converts as ``llama``): ``convert_hf_to_gguf.py`` permutes the rows of
-  q_proj / k_proj (per head, interleaving the two rotary halves); we apply the inverse
+What is particular to a model family is the family's (``registry.FAMILIES[...].gguf``, a
+``models.gguf_names.GGUFNames`` in ``models/<family>/gguf_names.py``): which ``general.architecture`` it claims,
+its tensor names, its metadata keys beyond the shared ones, and two llama.cpp conventions this module undoes:
+
+* ``permuted_qk`` (LLaMA, and Mistral, which llama.cpp converts as ``llama``): ``convert_hf_to_gguf.py`` permutes
+  the rows of q_proj / k_proj (per head, interleaving the two rotary halves); we apply the inverse
   ``w.reshape(h, rows // h // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)`` with ``h`` = attention heads for q
-  and kv heads for k. Qwen 2/3 and Gemma are written unpermuted.
-* Gemma 2/3: GGUF stores every RMSNorm weight as ``1 + w``; we subtract 1 so the HF ``(1 + w)`` norm is recovered.
+  and kv heads for k.
+* ``norm_offset`` (Gemma 2/3: every RMSNorm weight stored as ``1 + w``): we subtract it so the HF ``(1 + w)`` norm
+  is recovered.
 
 The config dict uses the transformers-4 ``config.json`` keys (``rope_theta``, ``rope_scaling``,
-``rope_local_base_freq``, ``layer_types``, ...), which ``models`` parses for every family. Tensor names come from
-the ``gguf`` package's own tables (``gguf.constants.TENSOR_NAMES``), as llama.cpp writes them.
+``rope_local_base_freq``, ``layer_types``, ...), which ``models`` parses for every family.
 """
 
 from __future__ import annotations
@@ -25,12 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf.constants import MODEL_TENSOR, TENSOR_NAMES
 
 from optima_jax import fileio
-from optima_jax.errors import OptimaError
+from optima_jax.models.errors import GGUFError
+from optima_jax.models.gguf_names import NON_PARAM_TENSORS, TOP_NAMES, GGUFFile, GGUFNames
 from optima_jax.models.hf_names import LINEAR_NAMES
 from optima_jax.models.loading.pypi_models import is_pypi_source, resolve_pypi_model
+from optima_jax.models.registry import FAMILIES
 from optima_jax.progress import bar, steps
 
 __all__ = ["GGUFError", "load_gguf", "gguf_config", "read_gguf_metadata", "SUPPORTED_GGUF_ARCHITECTURES"]
@@ -39,66 +44,13 @@ __all__ = ["GGUFError", "load_gguf", "gguf_config", "read_gguf_metadata", "SUPPO
 _log = logging.getLogger(__name__)
 
 
-class GGUFError(OptimaError):
-    """A GGUF file that is missing, malformed, or of an architecture we do not port."""
-
-
-# GGUF general.architecture -> HF model_type (a ``llama`` file named Mistral is ``mistral``, see _model_type)
+# GGUF general.architecture -> HF model_type, as the families claim them (a ``llama`` file named Mistral is
+# ``mistral``, see gguf_names)
 SUPPORTED_GGUF_ARCHITECTURES = {
-    "llama": "llama",
-    "qwen2": "qwen2",
-    "qwen3": "qwen3",
-    "gemma2": "gemma2",
-    "gemma3": "gemma3_text",
+    arch: mt for f in FAMILIES if f.gguf and not f.gguf.named for arch, mt in f.gguf.architectures.items()
 }
-# architectures whose q/k rows llama.cpp's converter permutes (LlamaModel.permute)
-_PERMUTED_QK_ARCHITECTURES = ("llama",)
 
 _GGUF_MAGIC = b"GGUF"
-
-
-def _block_part(t: MODEL_TENSOR) -> str:
-    """The per-block part of a llama.cpp tensor name (``attn_q_norm`` of ``blk.{bid}.attn_q_norm``)."""
-    return TENSOR_NAMES[t].removeprefix("blk.{bid}.")
-
-
-def _by_gguf_name(table: dict[MODEL_TENSOR, str]) -> dict[str, str]:
-    return {_block_part(t): hf for t, hf in table.items()}
-
-
-# per-block GGUF tensor -> HF suffix (inside model.layers.N.)
-_BLOCK_COMMON = {
-    MODEL_TENSOR.ATTN_Q: "self_attn.q_proj",
-    MODEL_TENSOR.ATTN_K: "self_attn.k_proj",
-    MODEL_TENSOR.ATTN_V: "self_attn.v_proj",
-    MODEL_TENSOR.ATTN_OUT: "self_attn.o_proj",
-    MODEL_TENSOR.ATTN_NORM: "input_layernorm",
-    MODEL_TENSOR.FFN_GATE: "mlp.gate_proj",
-    MODEL_TENSOR.FFN_UP: "mlp.up_proj",
-    MODEL_TENSOR.FFN_DOWN: "mlp.down_proj",
-    MODEL_TENSOR.ATTN_Q_NORM: "self_attn.q_norm",
-    MODEL_TENSOR.ATTN_K_NORM: "self_attn.k_norm",
-}
-_BLOCK_NAMES_LLAMA = _by_gguf_name({**_BLOCK_COMMON, MODEL_TENSOR.FFN_NORM: "post_attention_layernorm"})
-_BLOCK_NAMES_GEMMA = _by_gguf_name(
-    {
-        **_BLOCK_COMMON,
-        MODEL_TENSOR.ATTN_POST_NORM: "post_attention_layernorm",
-        MODEL_TENSOR.FFN_NORM: "pre_feedforward_layernorm",
-        MODEL_TENSOR.FFN_POST_NORM: "post_feedforward_layernorm",
-    }
-)
-_TOP_NAMES = _by_gguf_name(
-    {
-        MODEL_TENSOR.TOKEN_EMBD: "model.embed_tokens",
-        MODEL_TENSOR.OUTPUT_NORM: "model.norm",
-        MODEL_TENSOR.OUTPUT: "lm_head",
-    }
-)
-# GGUF tensors that carry no HF parameter (consumed into the config instead)
-_NON_PARAM_TENSORS = {TENSOR_NAMES[MODEL_TENSOR.ROPE_FREQS] + ".weight"}
-
-_BLOCK_RE = re.compile(r"^blk\.(\d+)\.([a-z0-9_]+)\.(weight|bias)$")
 
 
 def _open_reader(path: str | os.PathLike):
@@ -150,29 +102,35 @@ def _metadata(reader, skip_tokenizer: bool = True) -> dict[str, Any]:
     return out
 
 
-def gguf_config(
-    meta: dict[str, Any], tensor_names: set[str], where: str = "GGUF", rope_freqs: np.ndarray | None = None
-) -> dict[str, Any]:
-    """HF-style config dict (transformers-4 ``config.json`` keys) from GGUF metadata and the tensor names.
-
-    ``rope_freqs``: llama.cpp's per-frequency rope divisors (tensor ``rope_freqs.weight``), if present; for LLaMA
-    they are matched against the llama3 rope scaling recipe.
-    """
+def gguf_family(meta: dict[str, Any], where: str = "GGUF") -> tuple[str, GGUFNames]:
+    """(HF model_type, the family's GGUF names) of a file: the family claiming its ``general.architecture``, a
+    family ``named`` in ``general.name`` / ``general.basename`` first (llama.cpp converts Mistral as ``llama``, and
+    transformers' GGUF loader renames such a file by the name too)."""
     arch = meta.get("general.architecture")
-    if arch not in SUPPORTED_GGUF_ARCHITECTURES:
+    claims = [f.gguf for f in FAMILIES if f.gguf and arch in f.gguf.architectures]
+    if not claims:
         raise GGUFError(
             f"{where}: unsupported GGUF architecture {arch!r} "
             f"(supported: {', '.join(sorted(SUPPORTED_GGUF_ARCHITECTURES))})"
         )
-    model_type = _model_type(arch, meta)
+    names = " ".join(str(meta.get(k) or "") for k in ("general.name", "general.basename")).lower()
+    g = next((g for g in claims if g.named and g.named in names), None)
+    g = g or next(g for g in claims if not g.named)
+    return g.architectures[arch], g
 
-    def m(key, default=None, required=False):
-        full = f"{arch}.{key}"
-        if full in meta:
-            return meta[full]
-        if required:
-            raise GGUFError(f"{where}: required metadata key {full!r} is missing")
-        return default
+
+def gguf_config(
+    meta: dict[str, Any], tensor_names: set[str], where: str = "GGUF", rope_freqs: np.ndarray | None = None
+) -> dict[str, Any]:
+    """HF-style config dict (transformers-4 ``config.json`` keys) from GGUF metadata and the tensor names: the
+    keys every family shares, then the family's own (its ``GGUFNames.config``).
+
+    ``rope_freqs``: llama.cpp's per-frequency rope divisors (tensor ``rope_freqs.weight``), if present; for LLaMA
+    they are matched against the llama3 rope scaling recipe.
+    """
+    model_type, family = gguf_family(meta, where)
+    f = GGUFFile(meta, meta["general.architecture"], model_type, tensor_names, where, rope_freqs)
+    m = f.get
 
     n_layers = int(m("block_count", required=True))
     hidden = int(m("embedding_length", required=True))
@@ -189,12 +147,7 @@ def gguf_config(
         vocab = meta.get("_n_vocab_from_embedding")
     if vocab is None:
         raise GGUFError(f"{where}: cannot determine vocab_size")
-    head_dim = m("attention.key_length")
-    if head_dim is None and arch == "llama":
-        head_dim = m("rope.dimension_count")
-    if head_dim is None:
-        head_dim = hidden // heads
-    head_dim = int(head_dim)
+    head_dim = int(next((v for v in map(m, family.head_dim_keys) if v is not None), hidden // heads))
 
     cfg: dict[str, Any] = {
         "model_type": model_type,
@@ -233,135 +186,28 @@ def gguf_config(
     elif scaling_type not in (None, "none"):
         raise GGUFError(f"{where}: unsupported rope scaling type {scaling_type!r}")
 
-    if arch == "llama":  # LLaMA and Mistral
-        cfg.update(
-            hidden_act="silu",
-            attention_bias="blk.0.attn_q.bias" in tensor_names,
-            mlp_bias="blk.0.ffn_up.bias" in tensor_names,
-        )
-        if rope_freqs is not None:
-            rope_scaling = _llama3_rope_from_freqs(
-                rope_freqs, cfg["rope_theta"], head_dim, int(m("rope.scaling.original_context_length", 8192)), where
-            )
-        cfg["architectures"] = ["LlamaForCausalLM"]
-        if model_type == "mistral":
-            # llama.cpp runs a llama-architecture file without a window unless the file sets one
-            window = m("attention.sliding_window")
-            cfg.update(sliding_window=None if window is None else int(window), architectures=["MistralForCausalLM"])
-            del cfg["attention_bias"], cfg["mlp_bias"]  # Mistral has none (bias tensors are then named unexpected)
-    elif model_type == "qwen2":
-        cfg.update(hidden_act="silu", use_sliding_window=False, architectures=["Qwen2ForCausalLM"])
-    elif model_type == "qwen3":
-        cfg.update(
-            hidden_act="silu",
-            attention_bias="blk.0.attn_q.bias" in tensor_names,
-            use_sliding_window=False,
-            architectures=["Qwen3ForCausalLM"],
-        )
-    elif model_type in ("gemma2", "gemma3_text"):
-        # llama.cpp scales queries by 1/sqrt(head_dim), except for the 27B models (1/sqrt(hidden/heads)).
-        is_27b = (model_type == "gemma2" and n_layers == 46) or (model_type == "gemma3_text" and n_layers == 62)
-        window = m("attention.sliding_window")
-        cfg.update(
-            hidden_activation="gelu_pytorch_tanh",
-            query_pre_attn_scalar=hidden // heads if is_27b else head_dim,
-            sliding_window=None if window is None else int(window),
-            attention_bias=False,
-        )
-        if model_type == "gemma2":
-            cfg.update(
-                attn_logit_softcapping=_opt(m("attn_logit_softcapping", 50.0)),
-                final_logit_softcapping=_opt(m("final_logit_softcapping", 30.0)),
-                layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)],
-                architectures=["Gemma2ForCausalLM"],
-            )
-        else:
-            cfg.update(
-                attn_logit_softcapping=None,
-                final_logit_softcapping=_opt(m("final_logit_softcapping")),
-                rope_local_base_freq=10000.0,
-                layer_types=_gemma3_layer_types(m("attention.sliding_window_pattern"), n_layers, where),
-                architectures=["Gemma3ForCausalLM"],
-            )
-            cfg["sliding_window_pattern"] = _pattern_period(cfg["layer_types"])
-    cfg["rope_scaling"] = rope_scaling
+    family.config(f, cfg)
+    cfg["rope_scaling"] = cfg.pop("rope_scaling", rope_scaling)  # the family's (LLaMA's rope_freqs) wins, last key
     return cfg
 
 
-def _model_type(arch: str, meta: dict[str, Any]) -> str:
-    """HF model_type of a supported GGUF architecture. llama.cpp converts Mistral checkpoints with the ``llama``
-    architecture; such a file is recognised by its name (``general.name`` or ``general.basename`` containing
-    "mistral"), as transformers' GGUF loader renames ``llama`` to ``mistral`` by the name too."""
-    if arch == "llama":
-        names = " ".join(str(meta.get(k) or "") for k in ("general.name", "general.basename"))
-        if "mistral" in names.lower():
-            return "mistral"
-    return SUPPORTED_GGUF_ARCHITECTURES[arch]
+_BLOCK_RE = re.compile(r"^blk\.(\d+)\.([a-z0-9_]+)\.(weight|bias)$")
 
 
-def _opt(v):
-    return None if v is None or float(v) == 0.0 else float(v)
-
-
-def _gemma3_layer_types(pattern, n_layers: int, where: str) -> list[str]:
-    """Gemma 3 layer kinds: per-layer bools (True = sliding) or a period k from the GGUF; default every 6th global."""
-    if isinstance(pattern, list):
-        if len(pattern) != n_layers:
-            raise GGUFError(
-                f"{where}: attention.sliding_window_pattern has {len(pattern)} entries, expected {n_layers}"
-            )
-        return ["sliding_attention" if bool(s) else "full_attention" for s in pattern]
-    k = 6 if pattern is None else int(pattern)
-    return ["sliding_attention" if (i + 1) % k else "full_attention" for i in range(n_layers)]
-
-
-def _pattern_period(layer_types: list[str]) -> int | None:
-    full = [i for i, t in enumerate(layer_types) if t == "full_attention"]
-    return full[0] + 1 if full else None
-
-
-def _llama3_rope_from_freqs(freqs: np.ndarray, theta: float, head_dim: int, orig_ctx: int, where: str) -> dict:
-    """llama.cpp stores llama3 rope scaling as per-frequency divisors; recover HF's rope_scaling parameters.
-
-    Factor is the largest divisor; low/high freq factors are the llama3 defaults (1, 4), checked against the
-    tensor (an error if the recipe does not reproduce it).
-    """
-    freqs = np.asarray(freqs, dtype=np.float64).reshape(-1)
-    factor = float(freqs.max())
-    low, high = 1.0, 4.0
-    inv = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-    wavelen = 2 * np.pi / inv
-    smooth = (orig_ctx / wavelen - low) / (high - low)
-    expected = np.where(
-        wavelen < orig_ctx / high,
-        1.0,
-        np.where(wavelen > orig_ctx / low, factor, 1.0 / ((1 - smooth) / factor + smooth)),
-    )
-    if expected.shape != freqs.shape or not np.allclose(expected, freqs, rtol=1e-3):
-        raise GGUFError(f"{where}: rope_freqs tensor does not match the llama3 rope scaling recipe")
-    return {
-        "rope_type": "llama3",
-        "factor": factor,
-        "low_freq_factor": low,
-        "high_freq_factor": high,
-        "original_max_position_embeddings": orig_ctx,
-    }
-
-
-def hf_name(gguf_name: str, model_type: str) -> str | None:
-    """GGUF tensor name -> HF parameter name (None for tensors without an HF parameter)."""
-    if gguf_name in _NON_PARAM_TENSORS:
+def hf_name(gguf_name: str, block_names: dict[str, str]) -> str | None:
+    """GGUF tensor name -> HF parameter name (None for tensors without an HF parameter), with the family's
+    per-block names (``GGUFNames.block_names``)."""
+    if gguf_name in NON_PARAM_TENSORS:
         return None
     mt = _BLOCK_RE.match(gguf_name)
-    table = _BLOCK_NAMES_GEMMA if model_type.startswith("gemma") else _BLOCK_NAMES_LLAMA
     if mt:
         layer, part, kind = mt.groups()
-        if part not in table:
+        if part not in block_names:
             return None
-        return f"model.layers.{layer}.{table[part]}.{kind}"
+        return f"model.layers.{layer}.{block_names[part]}.{kind}"
     base, _, kind = gguf_name.rpartition(".")
-    if base in _TOP_NAMES:
-        return f"{_TOP_NAMES[base]}.{kind}"
+    if base in TOP_NAMES:
+        return f"{TOP_NAMES[base]}.{kind}"
     return None
 
 
@@ -402,14 +248,13 @@ def load_gguf(
             meta["_n_vocab_from_embedding"] = int(t.shape[-1])
     cfg = gguf_config(meta, names, where=where, rope_freqs=rope_freqs)
     model_type = cfg["model_type"]
-    is_gemma = model_type.startswith("gemma")
-    permuted_qk = meta.get("general.architecture") in _PERMUTED_QK_ARCHITECTURES
+    _, family = gguf_family(meta, where)
 
     params: dict[str, np.ndarray] = {}
     for t in bar(reader.tensors, desc=f"de-quantizing {path.name}", unit="tensor"):
-        name = hf_name(t.name, model_type)
+        name = hf_name(t.name, family.block_names)
         if name is None:
-            if t.name in _NON_PARAM_TENSORS:
+            if t.name in NON_PARAM_TENSORS:
                 continue
             raise GGUFError(f"{where}: unexpected tensor {t.name!r} for architecture {model_type}")
         try:
@@ -418,11 +263,11 @@ def load_gguf(
             raise GGUFError(f"{where}: tensor {t.name!r} has unsupported type {t.tensor_type.name}: {e}") from None
         expected = tuple(int(s) for s in reversed(t.shape))
         w = w.reshape(expected) if w.size == int(np.prod(expected)) else w
-        if permuted_qk and (".attn_q." in t.name or ".attn_k." in t.name):
+        if family.permuted_qk and (".attn_q." in t.name or ".attn_k." in t.name):
             h = cfg["num_attention_heads"] if ".attn_q." in t.name else cfg["num_key_value_heads"]
             w = unpermute_qk(w, h)
-        if is_gemma and t.name.endswith("norm.weight"):
-            w = w - np.float32(1.0)
+        if family.norm_offset and t.name.endswith("norm.weight"):
+            w = w - np.float32(family.norm_offset)
         params[name] = np.ascontiguousarray(w, dtype=np.float32)
 
     emb = params.get("model.embed_tokens.weight")
