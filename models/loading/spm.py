@@ -37,11 +37,14 @@ def sentencepiece_from_gguf(reader, where: str = "GGUF") -> bytes | None:
         for k in ("unknown", "bos", "eos", "padding")
         if (i := _field(reader, f"tokenizer.ggml.{k}_token_id")) is not None
     }
+    unk = _field(reader, "tokenizer.ggml.unknown_token_id")
     proto = pb.ModelProto()
     for idx, (piece, score, kind) in enumerate(zip(tokens, scores, types)):
         sp = proto.pieces.add()
         sp.type = int(kind) if int(kind) in _SPM_TYPES else 1
-        if sp.type == 3 and idx not in specials:
+        if idx == unk:
+            sp.type = 2  # SentencePiece requires its unknown piece to be typed UNKNOWN (llama.cpp stores CONTROL)
+        elif sp.type == 3 and idx not in specials:
             # Chat markers (<start_of_turn>, ...) are control tokens in GGUF but user-defined in the SentencePiece
             # model, so that prompt text containing them encodes to their ids (the gemma library's templates).
             sp.type = 4
