@@ -7,8 +7,8 @@ run on the refined mask; the refined candidate replaces the start mask's update 
 (validation error where a validation set exists, else calibration), and the keep-or-skip safeguard then judges
 the chosen candidate against the selector's weights as before. The row gains refine, refine_used,
 refine_reason, err_update_start / err_update_refined (and val_ versions; normalised as err_update),
-refine_changed (mask entries changed), refine_rows, refine_iterations, refine_rho and seconds_refine (the
-refiner and the update on its mask, on top of seconds_update).
+refine_changed (mask entries changed), refine_rows, refine_iterations, refine_rho, seconds_refine (the refiner
+and the update on its mask, on top of seconds_update) and seconds_refine_admm (its ADMM part).
 The step is device-resident (tests/test_device_resident.py): only the report row's scalars come to the host.
 """
 
@@ -159,6 +159,7 @@ def make_pruner(cfg, rows_mesh=None):
                 "refine_iterations": ref.info["iterations"],
                 "refine_rho": ref.info["rho"],
                 "seconds_refine": t3 - t2,
+                "seconds_refine_admm": ref.info["seconds_admm"],
             }
             if not refine_reason:
                 upd, W_upd, keep, err_upd, val_upd = upd_ref, W_ref, keep_ref, err_ref, val_ref

@@ -32,6 +32,7 @@ jitted `lax.while_loop`; the report's scalars come back in one `transfers.fetch`
 from __future__ import annotations
 
 import dataclasses
+import time
 from functools import partial
 from typing import Callable, NamedTuple
 
@@ -42,7 +43,7 @@ from optima_jax import qp
 from optima_jax.config import default_config
 from optima_jax.errors import OptimaError
 from optima_jax.selectors.base import LinearStats, SelectionResult
-from optima_jax.selectors.masks import apply_mask, keep_mask_nm, ranks
+from optima_jax.selectors.masks import apply_mask
 from optima_jax.sparsity import SparsitySpec
 from optima_jax.transfers import fetch, put, to_device
 from optima_jax.updates import UpdateSettings
@@ -84,7 +85,7 @@ class RefineSettings:
 class RefineResult(NamedTuple):
     """selection: the refined keep mask and its weights (float32, pruned entries 0; the exact optimum on the
     support, per row the better of refined and start). start_weight: the exact optimum on the start mask.
-    info: python scalars for the report (iterations, rho, rows_refined, entries_changed)."""
+    info: python scalars for the report (iterations, rho, rows_refined, entries_changed, seconds_admm)."""
 
     selection: SelectionResult
     start_weight: jax.Array
@@ -113,13 +114,69 @@ def get_refiner(name: str) -> RefinerFn:
 # the ADMM core (any float dtype: float32 in runs, float64 for the reference test)
 
 
-def project(Z, kept_row, spec: SparsitySpec):
+def _keep_largest(a, kept_row, K: int):
+    """Keep the kept_row[r] largest entries of every row of a (≥ 0); K ≥ max(kept_row) is static. Ties at the
+    threshold: the higher index is kept (the stable ascending sort removes the lower index first)."""
+    vals = jax.lax.top_k(a, K)[0]  # descending
+    thr = jnp.take_along_axis(vals, jnp.clip(kept_row - 1, 0, K - 1)[:, None], axis=1)
+    thr = jnp.where(kept_row[:, None] > 0, thr, jnp.inf)
+    above = a > thr
+    need = kept_row[:, None] - jnp.sum(above, axis=1, keepdims=True)
+    tied = a == thr
+    from_right = jnp.cumsum(tied[:, ::-1], axis=1)[:, ::-1]
+    return above | (tied & (from_right <= need))
+
+
+def _drop_smallest(a, pruned_row, K: int):
+    """Remove the pruned_row[r] smallest entries of every row of a; K ≥ max(pruned_row) is static. Ties at the
+    threshold: the lower index is removed first."""
+    vals = -jax.lax.top_k(-a, K)[0]  # ascending
+    thr = jnp.take_along_axis(vals, jnp.clip(pruned_row - 1, 0, K - 1)[:, None], axis=1)
+    thr = jnp.where(pruned_row[:, None] > 0, thr, -jnp.inf)
+    below = a < thr
+    need = pruned_row[:, None] - jnp.sum(below, axis=1, keepdims=True)
+    tied = a == thr
+    return ~(below | (tied & (jnp.cumsum(tied, axis=1) <= need)))
+
+
+def _keep_nm(a, n: int, m: int):
+    """N of every M consecutive entries kept: ranks within each group by pairwise comparison (M small), ties to
+    the lower index removed first, as `selectors.masks.keep_mask_nm`."""
+    g = a.reshape(-1, m)
+    i = jnp.arange(m)
+    smaller = (g[:, None, :] < g[:, :, None]) | ((g[:, None, :] == g[:, :, None]) & (i[None, :] < i[:, None])[None])
+    return (jnp.sum(smaller, axis=2) >= m - n).reshape(a.shape)
+
+
+def project(Z, kept_row, spec: SparsitySpec, bound: tuple[str, int] | None = None):
     """Keep mask of the largest |Z| per row: `kept_row` entries of every row (unstructured), or N of every M
-    consecutive inputs (N:M). Ties: the lower index is removed first (stable sort, as the selectors)."""
+    consecutive inputs (N:M). Ties: the lower index is removed first (stable sort, as the selectors).
+    bound (static, unstructured): ("keep", K) with K ≥ max(kept_row), or ("drop", K) with K ≥ max pruned per
+    row (`projection_bound`); None: ("keep", in_features)."""
     a = jnp.abs(Z)
     if spec.kind == "nm":
-        return keep_mask_nm(a, spec.n, spec.m)
-    return ranks(a) >= (Z.shape[1] - kept_row)[:, None]
+        return _keep_nm(a, spec.n, spec.m)
+    side, K = ("keep", Z.shape[1]) if bound is None else bound
+    if side == "keep":
+        return _keep_largest(a, kept_row, max(int(K), 1))
+    return _drop_smallest(a, Z.shape[1] - kept_row, max(int(K), 1))
+
+
+@jax.jit
+def _kept_range(keep0):
+    k = jnp.sum(keep0, axis=1)
+    return jnp.min(k), jnp.max(k)
+
+
+def projection_bound(keep0, spec: SparsitySpec) -> tuple[str, int] | None:
+    """The static top-k bound of `project` for start mask keep0 (one fetch of two scalars; None for N:M): the
+    smaller of the most kept and the most pruned entries in a row, rounded up to a multiple of 64."""
+    if spec.kind == "nm":
+        return None
+    lo, hi = (int(v) for v in fetch(_kept_range(keep0)))
+    n = int(keep0.shape[1])
+    side, k = ("keep", hi) if hi <= n - lo else ("drop", n - lo)
+    return side, min(n, -(-max(k, 1) // 64) * 64)  # rounded up to a multiple of 64: fewer compilations
 
 
 @jax.jit
@@ -135,13 +192,13 @@ def normalised_hessian(H, damp):
     return Hd * ix[:, None] * ix[None, :], x, lam
 
 
-@partial(jax.jit, static_argnames=("spec", "cfg"))
-def admm_support(H, W, keep0, W0, damp, *, spec: SparsitySpec, cfg: RefineSettings):
+@partial(jax.jit, static_argnames=("spec", "cfg", "bound"))
+def admm_support(H, W, keep0, W0, damp, *, spec: SparsitySpec, cfg: RefineSettings, bound=None):
     """ALPS's ADMM from the start support `keep0` (start point D₀ = W0, the start's exact weights, normalised).
 
     Returns (keep, W_admm, iterations, rho): the final support (projection of B), the ADMM weights B in the
     original coordinates on that support (a warm start for the exact solve), iterations run, final ρ. Works
-    in the dtype of H and W."""
+    in the dtype of H and W. bound: `projection_bound(keep0, spec)` (static)."""
     dt = W.dtype
     Hh, x, _ = normalised_hessian(H.astype(dt), damp.astype(dt))
     L, Q = jnp.linalg.eigh(Hh)
@@ -197,14 +254,14 @@ def admm_support(H, W, keep0, W0, damp, *, spec: SparsitySpec, cfg: RefineSettin
         rho = s["rho"]
         B = mm(Y - s["V"] + rho * s["D"], s["inv"])
         Z = B + s["V"] / rho
-        keep = project(Z, kept_row, spec)
+        keep = project(Z, kept_row, spec, bound)
         D = jnp.where(keep, Z, 0)
         V = s["V"] + rho * (B - D)
         s = dict(s, i=s["i"] + 1, B=B, D=D, V=V)
         return jax.lax.cond(s["i"] % cfg.check_every == 0, lambda s: check(s, keep), lambda s: s, s)
 
     s = jax.lax.while_loop(lambda s: (s["i"] < cfg.max_iter) & ~s["done"], body, state)
-    keep = project(s["B"], kept_row, spec)
+    keep = project(s["B"], kept_row, spec, bound)
     ix = jnp.where(x > 0, 1 / jnp.where(x > 0, x, 1), 0)
     W_admm = jnp.where(keep, jnp.where(x[None, :] > 0, s["B"] * ix[None, :], W), 0)
     return keep, W_admm, s["i"], s["rho"]
@@ -247,7 +304,8 @@ def _solve(H, W, keep, damp: float, update: UpdateSettings, W_init, where: str):
 def refine_none(W, selection, stats, spec, settings=None, update=None, *, damp=0.0, start_weight=None, where="layer"):
     """The selector's mask unchanged; start_weight as given (else the selector's weights)."""
     sw = apply_mask(selection.keep_mask, selection.weight) if start_weight is None else start_weight
-    return RefineResult(selection, sw, {"iterations": 0, "rho": None, "rows_refined": 0, "entries_changed": 0})
+    info = {"iterations": 0, "rho": None, "rows_refined": 0, "entries_changed": 0, "seconds_admm": 0.0}
+    return RefineResult(selection, sw, info)
 
 
 @register_refiner("alps")
@@ -276,7 +334,12 @@ def refine_alps(
     if start_weight is None:
         start_weight = _solve(H, W, keep0, damp, update, apply_mask(keep0, selection.weight), where)
     dput = put(damp)
-    keep1, W_admm, its, rho = admm_support(H, W, keep0, start_weight, dput, spec=spec, cfg=settings)
+    start_weight.block_until_ready()
+    t0 = time.perf_counter()
+    bound = projection_bound(keep0, spec)
+    keep1, W_admm, its, rho = admm_support(H, W, keep0, start_weight, dput, spec=spec, cfg=settings, bound=bound)
+    W_admm.block_until_ready()
+    t_admm = time.perf_counter() - t0
     W1 = _solve(H, W, keep1, damp, update, W_admm, where)
     _, _, lam = normalised_hessian(H, dput)
     keep, weight, rows, changed = _choose(H, W, keep0, start_weight, keep1, W1, lam)
@@ -286,5 +349,6 @@ def refine_alps(
         "rho": float(num["rho"]),
         "rows_refined": int(num["rows_refined"]),
         "entries_changed": int(num["entries_changed"]),
+        "seconds_admm": t_admm,
     }
     return RefineResult(SelectionResult(keep, weight, {"refiner": "alps"}), start_weight, info)
