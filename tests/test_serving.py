@@ -114,7 +114,7 @@ def _save_tree(path, tree):
         c.save(path, tree)
 
 
-def test_gemma_source_reads_an_export_and_a_flat_legacy_checkpoint(tmp_path):
+def test_gemma_source_reads_an_export_and_a_flat_legacy_checkpoint(tmp_path, monkeypatch):
     lm = _tiny(tmp_path, "gemma3")
     params = _zero_out(lm.params, lm.config)
     models.save_gemma_lib(tmp_path / "export", lm.config, params, lm.tokenizer)
@@ -123,6 +123,10 @@ def test_gemma_source_reads_an_export_and_a_flat_legacy_checkpoint(tmp_path):
     for name, w in params.items():
         np.testing.assert_array_equal(got.params[name], w, err_msg=name)
     assert got.tokenizer("a b").input_ids == lm.tokenizer("a b").input_ids
+    monkeypatch.chdir(tmp_path)  # a relative path (Orbax itself takes only absolute ones)
+    np.testing.assert_array_equal(
+        models.load_model("gemma:export").params["model.norm.weight"], params["model.norm.weight"]
+    )
 
     # The library's legacy FLAT layout of the same params ("transformer/<module path>" -> {leaf name: array}, MLP
     # arrays under "w"), built as the library's _compat.flatten_and_remap_params does.

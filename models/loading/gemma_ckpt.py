@@ -182,7 +182,7 @@ def _tokenizer(root: Path):
 def load_gemma_lib(source: str):
     """``gemma:[<Variant>:]<dir>`` -> (ModelConfig, flat HF-named float params, tokenizer or None)."""
     variant, path = split_source(source)
-    root = Path(path)
+    root = Path(path).expanduser().absolute()  # Orbax refuses relative paths
     if not root.exists():
         raise CheckpointError(f"{source}: {root} does not exist")
     if (root / CONFIG_FILE).is_file():
