@@ -66,6 +66,40 @@ def table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def parts(W, stats, spec, damp: float, reps: int) -> dict:
+    """Seconds (minimum of `reps` after a warm-up) of the ADMM's parts on this layer: the eigendecomposition (once
+    per layer), one W-step product (every iteration), one projection (every iteration), one (Ĥ + ρI)⁻¹ from the
+    eigendecomposition (every check)."""
+    import jax
+    import jax.numpy as jnp
+
+    from optima_jax.refine import normalised_hessian, project
+    from optima_jax.selectors import get_selector
+    from optima_jax.transfers import put
+
+    hi = jax.lax.Precision.HIGHEST
+    keep0 = get_selector("wanda")(W, stats, spec).keep_mask
+    kept = jnp.sum(keep0, axis=1)
+    Hh = normalised_hessian(stats.H, put(damp))[0]
+    L, Q = jnp.linalg.eigh(Hh)
+    fns = {
+        "eigh": (jax.jit(jnp.linalg.eigh), (Hh,)),
+        "w_step": (jax.jit(lambda a, b: jnp.matmul(a, b, precision=hi)), (W, Hh)),
+        "projection": (jax.jit(lambda z, k: project(z, k, spec)), (W, kept)),
+        "inverse": (jax.jit(lambda L, Q: jnp.matmul(Q * (1 / (L + 0.5))[None, :], Q.T, precision=hi)), (L, Q)),
+    }
+    out = {}
+    for name, (fn, a) in fns.items():
+        jax.block_until_ready(fn(*a))
+        best = float("inf")
+        for _ in range(reps):
+            t = time.perf_counter()
+            jax.block_until_ready(fn(*a))
+            best = min(best, time.perf_counter() - t)
+        out[name] = best
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", default="/tmp/refine_bench", help="captures in <root>/calib, wiki_test, sotu_ho")
@@ -76,6 +110,9 @@ def main():
     ap.add_argument("--sparsities", default="0.5,0.6,0.7,2:4")
     ap.add_argument("--reps", type=int, default=1, help="timed calls per case; the minimum is reported")
     ap.add_argument("--out", default="")
+    ap.add_argument(
+        "--breakdown", action="store_true", help="also time the ADMM's parts per layer (at the first sparsity)"
+    )
     ap.add_argument("--table", default="", help="print the markdown table of a results JSON and exit")
     args = ap.parse_args()
     if args.table:
@@ -91,7 +128,7 @@ def main():
 
     from optima_jax.config import default_config
     from optima_jax.qp import solve_rows
-    from optima_jax.refine import RefineSettings, projection_bound, refine_alps
+    from optima_jax.refine import RefineSettings, refine_alps
     from optima_jax.selectors import LinearStats, get_selector
     from optima_jax.sparsity import SparsitySpec
     from optima_jax.updates import UpdateSettings
@@ -104,11 +141,14 @@ def main():
         name: dict((ly, Hv) for ly, _, _, _, Hv in layer_pairs(str(root / "calib"), str(root / name)))
         for name in ("wiki_test", "sotu_ho")
     }
-    rows, compiled = [], set()
+    rows, compiled, breakdown = [], set(), {}
     for layer, W, H, _, _ in layer_pairs(str(root / "calib"), str(root / "wiki_test")):
         if layer not in layers:
             continue
         Wj, stats = jnp.asarray(W), LinearStats(jnp.asarray(H))
+        if args.breakdown:
+            breakdown[layer] = parts(Wj, stats, SparsitySpec.parse(args.sparsities.split(",")[0]), damp, args.reps)
+            print(layer, breakdown[layer], flush=True)
         for sp in args.sparsities.split(","):
             spec = SparsitySpec.parse(sp)
             for selector in args.selectors.split(","):
@@ -125,8 +165,8 @@ def main():
                     r.selection.weight.block_until_ready()
                     return r
 
-                key = (layer, sp, projection_bound(sel.keep_mask, spec))
-                if key not in compiled:  # compile for this shape, spec and top-k bound first (not timed)
+                key = (layer, sp)
+                if key not in compiled:  # compile for this shape and spec first (not timed)
                     refine(exact())
                     compiled.add(key)
                 t_exact = t_refine = float("inf")
@@ -180,7 +220,8 @@ def main():
         "jax": jax.__version__,
     }
     if args.out:
-        Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+        out = {"meta": meta, "rows": rows, **({"breakdown": breakdown} if breakdown else {})}
+        Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     emit_table(table(rows), "")
 
 

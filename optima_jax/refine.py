@@ -114,29 +114,24 @@ def get_refiner(name: str) -> RefinerFn:
 # the ADMM core (any float dtype: float32 in runs, float64 for the reference test)
 
 
-def _keep_largest(a, kept_row, K: int):
-    """Keep the kept_row[r] largest entries of every row of a (≥ 0); K ≥ max(kept_row) is static. Ties at the
-    threshold: the higher index is kept (the stable ascending sort removes the lower index first)."""
-    vals = jax.lax.top_k(a, K)[0]  # descending
-    thr = jnp.take_along_axis(vals, jnp.clip(kept_row - 1, 0, K - 1)[:, None], axis=1)
-    thr = jnp.where(kept_row[:, None] > 0, thr, jnp.inf)
-    above = a > thr
-    need = kept_row[:, None] - jnp.sum(above, axis=1, keepdims=True)
-    tied = a == thr
+def _keep_largest(a, kept_row):
+    """Keep the kept_row[r] largest entries of every row of a (≥ 0, finite). Radix select on the float's bit
+    pattern (monotone for a ≥ 0): per row, the k-th largest value bit by bit, one compare-and-count pass per bit,
+    then ties at that value: the higher index is kept (the stable ascending sort removes the lower index first)."""
+    itype, nbits = (jnp.int64, 63) if a.dtype == jnp.float64 else (jnp.int32, 31)
+    bits = jax.lax.bitcast_convert_type(a, itype)
+    k = kept_row[:, None].astype(itype)
+
+    def step(i, t):
+        cand = t | jnp.left_shift(jnp.ones((), itype), nbits - 1 - i)
+        return jnp.where(jnp.sum(bits >= cand, axis=1, keepdims=True) >= k, cand, t)
+
+    thr = jax.lax.fori_loop(0, nbits, step, jnp.zeros_like(k))
+    above = bits > thr
+    need = k - jnp.sum(above, axis=1, keepdims=True)
+    tied = bits == thr
     from_right = jnp.cumsum(tied[:, ::-1], axis=1)[:, ::-1]
-    return above | (tied & (from_right <= need))
-
-
-def _drop_smallest(a, pruned_row, K: int):
-    """Remove the pruned_row[r] smallest entries of every row of a; K ≥ max(pruned_row) is static. Ties at the
-    threshold: the lower index is removed first."""
-    vals = -jax.lax.top_k(-a, K)[0]  # ascending
-    thr = jnp.take_along_axis(vals, jnp.clip(pruned_row - 1, 0, K - 1)[:, None], axis=1)
-    thr = jnp.where(pruned_row[:, None] > 0, thr, -jnp.inf)
-    below = a < thr
-    need = pruned_row[:, None] - jnp.sum(below, axis=1, keepdims=True)
-    tied = a == thr
-    return ~(below | (tied & (jnp.cumsum(tied, axis=1) <= need)))
+    return (above | (tied & (from_right <= need))) & (k > 0)
 
 
 def _keep_nm(a, n: int, m: int):
@@ -148,35 +143,13 @@ def _keep_nm(a, n: int, m: int):
     return (jnp.sum(smaller, axis=2) >= m - n).reshape(a.shape)
 
 
-def project(Z, kept_row, spec: SparsitySpec, bound: tuple[str, int] | None = None):
+def project(Z, kept_row, spec: SparsitySpec):
     """Keep mask of the largest |Z| per row: `kept_row` entries of every row (unstructured), or N of every M
-    consecutive inputs (N:M). Ties: the lower index is removed first (stable sort, as the selectors).
-    bound (static, unstructured): ("keep", K) with K ≥ max(kept_row), or ("drop", K) with K ≥ max pruned per
-    row (`projection_bound`); None: ("keep", in_features)."""
+    consecutive inputs (N:M). Ties: the lower index is removed first (stable sort, as the selectors)."""
     a = jnp.abs(Z)
     if spec.kind == "nm":
         return _keep_nm(a, spec.n, spec.m)
-    side, K = ("keep", Z.shape[1]) if bound is None else bound
-    if side == "keep":
-        return _keep_largest(a, kept_row, max(int(K), 1))
-    return _drop_smallest(a, Z.shape[1] - kept_row, max(int(K), 1))
-
-
-@jax.jit
-def _kept_range(keep0):
-    k = jnp.sum(keep0, axis=1)
-    return jnp.min(k), jnp.max(k)
-
-
-def projection_bound(keep0, spec: SparsitySpec) -> tuple[str, int] | None:
-    """The static top-k bound of `project` for start mask keep0 (one fetch of two scalars; None for N:M): the
-    smaller of the most kept and the most pruned entries in a row, rounded up to a multiple of 64."""
-    if spec.kind == "nm":
-        return None
-    lo, hi = (int(v) for v in fetch(_kept_range(keep0)))
-    n = int(keep0.shape[1])
-    side, k = ("keep", hi) if hi <= n - lo else ("drop", n - lo)
-    return side, min(n, -(-max(k, 1) // 64) * 64)  # rounded up to a multiple of 64: fewer compilations
+    return _keep_largest(a, kept_row)
 
 
 @jax.jit
@@ -192,13 +165,13 @@ def normalised_hessian(H, damp):
     return Hd * ix[:, None] * ix[None, :], x, lam
 
 
-@partial(jax.jit, static_argnames=("spec", "cfg", "bound"))
-def admm_support(H, W, keep0, W0, damp, *, spec: SparsitySpec, cfg: RefineSettings, bound=None):
+@partial(jax.jit, static_argnames=("spec", "cfg"))
+def admm_support(H, W, keep0, W0, damp, *, spec: SparsitySpec, cfg: RefineSettings):
     """ALPS's ADMM from the start support `keep0` (start point D₀ = W0, the start's exact weights, normalised).
 
     Returns (keep, W_admm, iterations, rho): the final support (projection of B), the ADMM weights B in the
     original coordinates on that support (a warm start for the exact solve), iterations run, final ρ. Works
-    in the dtype of H and W. bound: `projection_bound(keep0, spec)` (static)."""
+    in the dtype of H and W."""
     dt = W.dtype
     Hh, x, _ = normalised_hessian(H.astype(dt), damp.astype(dt))
     L, Q = jnp.linalg.eigh(Hh)
@@ -254,14 +227,14 @@ def admm_support(H, W, keep0, W0, damp, *, spec: SparsitySpec, cfg: RefineSettin
         rho = s["rho"]
         B = mm(Y - s["V"] + rho * s["D"], s["inv"])
         Z = B + s["V"] / rho
-        keep = project(Z, kept_row, spec, bound)
+        keep = project(Z, kept_row, spec)
         D = jnp.where(keep, Z, 0)
         V = s["V"] + rho * (B - D)
         s = dict(s, i=s["i"] + 1, B=B, D=D, V=V)
         return jax.lax.cond(s["i"] % cfg.check_every == 0, lambda s: check(s, keep), lambda s: s, s)
 
     s = jax.lax.while_loop(lambda s: (s["i"] < cfg.max_iter) & ~s["done"], body, state)
-    keep = project(s["B"], kept_row, spec, bound)
+    keep = project(s["B"], kept_row, spec)
     ix = jnp.where(x > 0, 1 / jnp.where(x > 0, x, 1), 0)
     W_admm = jnp.where(keep, jnp.where(x[None, :] > 0, s["B"] * ix[None, :], W), 0)
     return keep, W_admm, s["i"], s["rho"]
@@ -336,8 +309,7 @@ def refine_alps(
     dput = put(damp)
     start_weight.block_until_ready()
     t0 = time.perf_counter()
-    bound = projection_bound(keep0, spec)
-    keep1, W_admm, its, rho = admm_support(H, W, keep0, start_weight, dput, spec=spec, cfg=settings, bound=bound)
+    keep1, W_admm, its, rho = admm_support(H, W, keep0, start_weight, dput, spec=spec, cfg=settings)
     W_admm.block_until_ready()
     t_admm = time.perf_counter() - t0
     W1 = _solve(H, W, keep1, damp, update, W_admm, where)
