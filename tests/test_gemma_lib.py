@@ -141,7 +141,7 @@ def test_real_gemma3_270m_pruned_export_matches_the_library_and_samples(gemma_py
     ids = np.asarray([tokenizer("The history of the city begins", add_special_tokens=True).input_ids])
     ours = np.asarray(models.forward(models.build_model(config, pruned), ids.astype(np.int32)))
     theirs = library_logits(gemma_python, out / "gemma" / "params", "Gemma3_270M", ids, tmp_path)
-    np.testing.assert_allclose(theirs, ours, atol=1e-4 * max(1.0, float(np.abs(ours).max())), rtol=0)
+    np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=0)  # measured: 3.8e-5 on logits up to 26
     text = library(
         gemma_python,
         "--model",

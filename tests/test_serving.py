@@ -249,6 +249,7 @@ def test_gemma_export_reads_back_exactly_and_the_cli_writes_the_same(gemma_run, 
     masks = checkpoint.restore_masks(out)
     meta = json.loads((out / "gemma" / "gemma_config.json").read_text())
     assert meta["class"] == "Transformer" and meta["config"] == gemma_lib.lib_config(config)
+    assert meta["tokenizer"] is None and "pass the model's own tokenizer.model" in meta["tokenizer_note"]
     assert meta["sparsity"]["pruned_modules"] == ["mlp.down_proj", "mlp.gate_proj", "mlp.up_proj"]
     got = models.load_model(f"gemma:{out / 'gemma'}")
     assert got.config == config

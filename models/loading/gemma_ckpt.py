@@ -46,6 +46,12 @@ SPM_FILE = "tokenizer.model"
 HF_TOKENIZER_DIR = "tokenizer"
 
 
+NO_SPM_NOTE = (
+    "the model came without a SentencePiece tokenizer.model: pass the model's own tokenizer.model to "
+    "gm.text.Gemma3Tokenizer(path) (Gemma 2: Gemma2Tokenizer), or its default, which the library downloads"
+)
+
+
 def is_gemma_source(source: str) -> bool:
     return os.fspath(source).startswith(PREFIX)
 
@@ -88,6 +94,7 @@ def save_gemma_lib(
         "kwargs": VARIANTS[name][1] if name else {},
         "config": fields,
         "tokenizer": SPM_FILE if spm_model else None,
+        "tokenizer_note": None if spm_model else NO_SPM_NOTE,
         "sparsity": sparsity,
         "load": "params = gm.ckpts.load_params('<this dir>/params'); model = gm.nn.<class>(**kwargs) "
         "(class 'Transformer': gm.nn.Transformer(config=gm.nn.config.TransformerConfig(**config)))",

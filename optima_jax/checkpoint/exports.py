@@ -17,7 +17,7 @@ from optima_jax import models
 from optima_jax.checkpoint.final import is_pruned_checkpoint, restore_masks, restore_metadata, restore_pruned
 from optima_jax.checkpoint.run_dir import MARKER
 from optima_jax.errors import OptimaError
-from optima_jax.models.loading.gemma_ckpt import check_exportable
+from optima_jax.models.loading.gemma_ckpt import NO_SPM_NOTE, check_exportable
 from optima_jax.sparsity import SparsitySpec
 
 log = logging.getLogger("optima_jax.export")
@@ -70,6 +70,8 @@ def write_exports(
         models.save_hf(hf_dir, config, params, tokenizer, sparsity=sparsity, generation_config=generation)
     if gemma_dir is not None:
         spm = ck / SPM_FILE
+        if not spm.is_file():
+            log.warning("gemma export: %s", NO_SPM_NOTE)
         models.save_gemma_lib(
             gemma_dir,
             config,
