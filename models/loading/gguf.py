@@ -45,7 +45,7 @@ _log = logging.getLogger(__name__)
 
 
 # GGUF general.architecture -> HF model_type, as the families claim them (a ``llama`` file named Mistral is
-# ``mistral``, see gguf_names)
+# ``mistral``, see gguf_family)
 SUPPORTED_GGUF_ARCHITECTURES = {
     arch: mt for f in FAMILIES if f.gguf and not f.gguf.named for arch, mt in f.gguf.architectures.items()
 }
@@ -107,15 +107,14 @@ def gguf_family(meta: dict[str, Any], where: str = "GGUF") -> tuple[str, GGUFNam
     family ``named`` in ``general.name`` / ``general.basename`` first (llama.cpp converts Mistral as ``llama``, and
     transformers' GGUF loader renames such a file by the name too)."""
     arch = meta.get("general.architecture")
-    claims = [f.gguf for f in FAMILIES if f.gguf and arch in f.gguf.architectures]
+    names = " ".join(str(meta.get(k) or "") for k in ("general.name", "general.basename")).lower()
+    claims = [g for f in FAMILIES if (g := f.gguf) and arch in g.architectures and (not g.named or g.named in names)]
     if not claims:
         raise GGUFError(
             f"{where}: unsupported GGUF architecture {arch!r} "
             f"(supported: {', '.join(sorted(SUPPORTED_GGUF_ARCHITECTURES))})"
         )
-    names = " ".join(str(meta.get(k) or "") for k in ("general.name", "general.basename")).lower()
-    g = next((g for g in claims if g.named and g.named in names), None)
-    g = g or next(g for g in claims if not g.named)
+    g = max(claims, key=lambda g: g.named is not None)  # a family named in the file before the architecture's own
     return g.architectures[arch], g
 
 
