@@ -107,21 +107,26 @@ def torch_logits(model, ids: np.ndarray) -> np.ndarray:
         return model(torch.as_tensor(ids, dtype=torch.long)).logits.float().numpy()
 
 
-@pytest.fixture(scope="session")
-def tiny_dirs(tmp_path_factory):
-    """name -> (torch model, local HF dir saved with safetensors) for every entry of TINY_CONFIGS (lazy)."""
+def saved_models(tmp_path_factory, make, prefix: str = ""):
+    """A lazy getter name -> (torch model, its save_pretrained directory with safetensors, as str): ``make(name)``
+    builds the model, once per name."""
     cache: dict = {}
 
     def get(name: str):
         if name not in cache:
-            mt, kw = TINY_CONFIGS[name]
-            model = make_torch_model(mt, kw)
-            d = tmp_path_factory.mktemp(name)
+            model = make(name)
+            d = tmp_path_factory.mktemp(prefix + name)
             model.save_pretrained(d, safe_serialization=True)
             cache[name] = (model, str(d))
         return cache[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory):
+    """name -> (torch model, local HF dir saved with safetensors) for every entry of TINY_CONFIGS (lazy)."""
+    return saved_models(tmp_path_factory, lambda name: make_torch_model(*TINY_CONFIGS[name]))
 
 
 @pytest.fixture(scope="module")

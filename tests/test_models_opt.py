@@ -21,6 +21,7 @@ from optima_jax.models.opt import positions_from_mask  # noqa: E402
 from tests.conftest import (  # noqa: E402
     assert_bf16_close_to_float32,
     assert_logits_match_float32,
+    saved_models,
     torch_linear_inputs,
     torch_logits,
 )
@@ -76,17 +77,7 @@ def make_opt(kwargs: dict, seed: int = 0):
 @pytest.fixture(scope="module")
 def opt_dirs(tmp_path_factory):
     """variant -> (torch model, HF dir written by save_pretrained), built lazily."""
-    cache: dict = {}
-
-    def get(name: str):
-        if name not in cache:
-            tm = make_opt(OPT_VARIANTS[name])
-            d = tmp_path_factory.mktemp(f"opt_{name}")
-            tm.save_pretrained(d, safe_serialization=True)
-            cache[name] = (tm, str(d))
-        return cache[name]
-
-    return get
+    return saved_models(tmp_path_factory, lambda name: make_opt(OPT_VARIANTS[name]), prefix="opt_")
 
 
 def _load(opt_dirs, name, dtype="float32"):

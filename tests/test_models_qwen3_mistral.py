@@ -23,7 +23,13 @@ from optima_jax import models  # noqa: E402
 from optima_jax.errors import OptimaError  # noqa: E402
 from optima_jax.models import api  # noqa: E402
 from optima_jax.models.config import FULL, SLIDING  # noqa: E402
-from tests.conftest import TINY_BASE, assert_logits_match_float32, make_torch_model, torch_logits  # noqa: E402
+from tests.conftest import (  # noqa: E402
+    TINY_BASE,
+    assert_logits_match_float32,
+    make_torch_model,
+    saved_models,
+    torch_logits,
+)
 from tests.test_gguf import _add_vocab, _llamacpp_permute, _tiny_vocab, write_stub_gguf  # noqa: E402
 
 BASE = dict(TINY_BASE, num_hidden_layers=3)
@@ -68,18 +74,7 @@ WINDOWED = ["qwen3_tied_bias_window", "mistral", "ministral"]
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     """name -> (transformers model, its save_pretrained directory), built once per name."""
-    cache: dict = {}
-
-    def get(name: str):
-        if name not in cache:
-            mt, kw = CASES[name]
-            tm = make_torch_model(mt, kw)
-            d = tmp_path_factory.mktemp(name)
-            tm.save_pretrained(d, safe_serialization=True)
-            cache[name] = (tm, d)
-        return cache[name]
-
-    return get
+    return saved_models(tmp_path_factory, lambda name: make_torch_model(*CASES[name]))
 
 
 def _load(d, dtype="float32"):
