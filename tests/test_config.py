@@ -1,19 +1,15 @@
 """Config parsing (in-process argv with overrides) and `validate`'s range checks, which must name the key."""
 
 import math
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+import tiny
 from optima_jax.config import default_config, parse_args
 from optima_jax.validation import validate
 from optima_jax.errors import OptimaError
 
-REPO = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, JAX_PLATFORMS="cpu", TQDM_DISABLE="1")
 NAN, INF = float("nan"), float("inf")
 
 
@@ -208,21 +204,10 @@ def test_top_level_seed_is_gone():
 
 def test_cli_refuses_bad_solver_value_before_any_work(tmp_path):
     out = tmp_path / "out"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "optima_jax.prune",
-            "--config",
-            "configs/base.py",
-            f"--config.model={tmp_path}",
-            "--config.solver.eps_abs=-1",
-            f"--config.output_dir={out}",
-        ],
-        cwd=REPO,
-        env=ENV,
-        capture_output=True,
-        text=True,
+    r = tiny.run_module(
+        "optima_jax.prune",
+        *("--config", "configs/base.py", f"--config.model={tmp_path}", "--config.solver.eps_abs=-1"),
+        f"--config.output_dir={out}",
         timeout=300,
     )
     lines = [l for l in r.stderr.strip().splitlines() if l]

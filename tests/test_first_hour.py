@@ -5,8 +5,6 @@ import ast
 import inspect
 import json
 import logging
-import os
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -15,14 +13,11 @@ import pytest
 
 import tiny
 
-REPO = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, JAX_PLATFORMS="cpu", TQDM_DISABLE="1")
+REPO, ENV = tiny.REPO, tiny.ENV
 
 
 def prune_cli(*args, env=ENV, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "optima_jax.prune", *args], cwd=cwd or REPO, env=env, capture_output=True, text=True
-    )
+    return tiny.run_module("optima_jax.prune", *args, cwd=cwd, env=env)
 
 
 tiny_run_args = tiny.run_args
@@ -144,25 +139,9 @@ def test_run_and_evaluate_cli_agree_on_perplexity(tmp_path, family, adds_bos):
 
     def cli_ppl(model):
         res = tmp_path / "eval.json"
-        e = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "optima_jax.evaluate",
-                "--model",
-                str(model),
-                "--data",
-                str(text),
-                "--seqlen",
-                "48",
-                "--max-windows",
-                "3",
-                "--output",
-                str(res),
-            ],
-            env=ENV,
-            capture_output=True,
-            text=True,
+        e = tiny.run_module(
+            "optima_jax.evaluate",
+            *("--model", model, "--data", text, "--seqlen", 48, "--max-windows", 3, "--output", res),
             cwd=tmp_path,
         )
         assert e.returncode == 0, e.stderr[-3000:]
@@ -203,23 +182,15 @@ def test_in_process_run_restores_logging_and_excepthook(llama_ckpt, tmp_path):
     mine = logging.StreamHandler(sys.stdout)
     root = logging.getLogger()
     root.addHandler(mine)
-    before = (
-        root.handlers[:],
-        logging.getLogger("optima_jax").handlers[:],
-        logging.getLogger("absl").handlers[:],
-        logging.getLogger("optima_jax").propagate,
-        threading.excepthook,
-    )
+
+    def state():
+        ours, absl = logging.getLogger("optima_jax"), logging.getLogger("absl")
+        return root.handlers[:], ours.handlers[:], absl.handlers[:], ours.propagate, threading.excepthook
+
+    before = state()
     try:
         assert prune.main(["prune", *tiny_run_args(llama_ckpt, tmp_path / "run")]) == 0
-        after = (
-            root.handlers[:],
-            logging.getLogger("optima_jax").handlers[:],
-            logging.getLogger("absl").handlers[:],
-            logging.getLogger("optima_jax").propagate,
-            threading.excepthook,
-        )
-        assert after == before
+        assert state() == before
         assert (tmp_path / "run" / "log.jsonl").stat().st_size > 0  # the run did log to its file meanwhile
     finally:
         root.removeHandler(mine)

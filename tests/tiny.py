@@ -6,16 +6,19 @@ Used by the engine and end-to-end CLI tests. torch is a test-only dependency.
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, JAX_PLATFORMS="cpu", TQDM_DISABLE="1")  # a CPU run without progress bars
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 VOCAB = 512
 
 
 def shared_text(name: str = "wiki_train.txt") -> Path:
     """A real text file from ../shared/data (CI lays shared/ beside the clone)."""
-    import os
-
     for d in (os.environ.get("OPTIMA_JAX_DATA_DIR"), SHARED_DATA, Path.home() / ".cache/optima_jax/data"):
         if d and (Path(d) / name).exists():
             return Path(d) / name
@@ -142,3 +145,9 @@ def run_args(model_dir, out, *extra, nsamples: int = 4) -> list[str]:
         "--config.calibration.micro_batch=4",
         *extra,
     ]
+
+
+def run_module(module: str, *args, cwd=None, env=ENV, timeout=None) -> subprocess.CompletedProcess:
+    """``python -m <module> <args>`` as a user runs it (from the repository unless ``cwd``), output captured."""
+    cmd = [sys.executable, "-m", module, *map(str, args)]
+    return subprocess.run(cmd, cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout)
