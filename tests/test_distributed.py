@@ -79,12 +79,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_processes(model_dir, out):
-    """Two processes with 2 CPU devices each, joined by jax.distributed: a 4-device data axis across both."""
+def _process_pair(args, devices: int) -> list[tuple[str, str]]:
+    """Run ``args`` as two processes with ``devices`` CPU devices each, joined by jax.distributed; both must
+    succeed. Returns their (stdout, stderr)."""
     addr = f"localhost:{_free_port()}"
-    args = cli_args(
-        model_dir, out, *EXTRA, "--config.distributed=True", "--config.mesh.data=-1", "--config.mesh.rows=2"
-    )
     procs = [
         subprocess.Popen(
             args,
@@ -92,14 +90,12 @@ def _two_processes(model_dir, out):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=_env(2, JAX_COORDINATOR_ADDRESS=addr, JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid)),
+            env=_env(devices, JAX_COORDINATOR_ADDRESS=addr, JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid)),
         )
         for pid in (0, 1)
     ]
-    outs = []
     try:
-        for p in procs:
-            outs.append(p.communicate(timeout=TIMEOUT))
+        outs = [p.communicate(timeout=TIMEOUT) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
@@ -108,6 +104,14 @@ def _two_processes(model_dir, out):
     for pid, (p, (so, se)) in enumerate(zip(procs, outs)):
         assert p.returncode == 0, f"process {pid}:\n{se[-4000:]}"
     return outs
+
+
+def _two_processes(model_dir, out):
+    """Two processes with 2 CPU devices each, joined by jax.distributed: a 4-device data axis across both."""
+    args = cli_args(
+        model_dir, out, *EXTRA, "--config.distributed=True", "--config.mesh.data=-1", "--config.mesh.rows=2"
+    )
+    return _process_pair(args, 2)
 
 
 def test_two_process_distributed_matches_single_process(model_dir, reference, tmp_path):
@@ -136,26 +140,7 @@ print(sharding.broadcast_from_main(value))
 
 
 def test_broadcast_from_main_is_exact_for_large_integers_across_processes():
-    addr = f"localhost:{_free_port()}"
-    procs = [
-        subprocess.Popen(
-            ["python3", "-c", _BROADCAST_SCRIPT],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=_env(1, JAX_COORDINATOR_ADDRESS=addr, JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid)),
-        )
-        for pid in (0, 1)
-    ]
-    try:
-        outs = [p.communicate(timeout=TIMEOUT) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    outs = _process_pair(["python3", "-c", _BROADCAST_SCRIPT], 1)
     want = {"free": 70 * 2**30 + 12345, "neg": -(2**40) - 7, "ok": True, "x": 0.5}
-    for pid, (p, (so, se)) in enumerate(zip(procs, outs)):
-        assert p.returncode == 0, f"process {pid}:\n{se[-4000:]}"
+    for pid, (so, _) in enumerate(outs):
         assert so.strip().splitlines()[-1] == str(want), f"process {pid} got {so.strip()}"
