@@ -5,6 +5,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from optima_jax.selectors.base import SelectorError
+from optima_jax.transfers import fetch
+
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -32,3 +35,11 @@ def prepare(W, H, percdamp: float):
     Hinv = 0.5 * (Hinv + Hinv.T)
     U = jnp.triu(jnp.linalg.cholesky(Hinv).T)
     return W, U, dead
+
+
+def check_factorized(ok, method: str, percdamp: float, where: str) -> None:
+    """Raise a one-line SelectorError unless the method's device flag ``ok`` says its factors stayed finite."""
+    if not bool(fetch(ok)):
+        raise SelectorError(
+            f"{where}: {method} Cholesky of the damped Hessian failed (non-finite); increase percdamp (now {percdamp})"
+        )

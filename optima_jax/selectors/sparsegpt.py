@@ -33,9 +33,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from optima_jax.selectors.base import SelectionResult, SelectorError, check_block_args, check_inputs, register_selector
-from optima_jax.selectors._hinv import mm, prepare
-from optima_jax.transfers import fetch, put, to_device
+from optima_jax.selectors.base import SelectionResult, check_block_args, check_inputs, register_selector
+from optima_jax.selectors._hinv import check_factorized, mm, prepare
+from optima_jax.transfers import put, to_device
 from optima_jax.selectors.masks import ranks
 
 
@@ -147,8 +147,5 @@ def sparsegpt(
         mask_scope=mask_scope,
         off_by_one=bool(reference_off_by_one),
     )
-    if not bool(fetch(ok)):
-        raise SelectorError(
-            f"{where}: sparsegpt Cholesky of the damped Hessian failed (non-finite); increase percdamp (now {percdamp})"
-        )
+    check_factorized(ok, "sparsegpt", percdamp, where)
     return SelectionResult(keep, Wn, {"selector": "sparsegpt", "obs_loss": losses})

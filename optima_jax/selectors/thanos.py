@@ -31,9 +31,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from optima_jax.selectors.base import SelectionResult, SelectorError, check_block_args, check_inputs, register_selector
-from optima_jax.selectors._hinv import mm, prepare
-from optima_jax.transfers import fetch, put, to_device
+from optima_jax.selectors.base import SelectionResult, check_block_args, check_inputs, register_selector
+from optima_jax.selectors._hinv import check_factorized, mm, prepare
+from optima_jax.transfers import put, to_device
 from optima_jax.selectors.masks import ranks
 
 
@@ -135,8 +135,5 @@ def thanos(
         mask_scope=mask_scope,
         row_chunk=int(row_chunk),
     )
-    if not bool(fetch(ok)):
-        raise SelectorError(
-            f"{where}: thanos Cholesky of the damped Hessian failed (non-finite); increase percdamp (now {percdamp})"
-        )
+    check_factorized(ok, "thanos", percdamp, where)
     return SelectionResult(keep, Wn, {"selector": "thanos", "mask_scope": mask_scope})
