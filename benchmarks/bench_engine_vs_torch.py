@@ -285,17 +285,9 @@ class TorchEngine:
 # ---------------------------------------------------------------------------------------------------- run
 def bench_shape(name, loaded, blocks, nsamples, seqlen, micro_batch, repeats, naive, breakdown=False):
     import numpy as np
+    from _common import calibration_ids
 
-    from optima_jax import data
-
-    ids = data.calibration_windows(
-        "asset:sotu[:0.9]",
-        loaded.tokenizer,
-        nsamples=nsamples,
-        seqlen=seqlen,
-        seed=0,
-        add_bos=loaded.config.adds_bos(loaded.tokenizer),
-    )
+    ids = calibration_ids(loaded, "asset:sotu[:0.9]", nsamples, seqlen)
     je = JaxEngine(loaded, ids, micro_batch, blocks)
     te = TorchEngine(loaded, ids, micro_batch, blocks, je)
     # compile beforehand (every block structure measured), and warm torch up

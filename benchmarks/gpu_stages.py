@@ -206,10 +206,9 @@ def cmd_models(a):
 def cmd_engine(a):
     import jax.numpy as jnp
 
-    from optima_jax import data, models
+    from _common import calibration_ids, engine_blocks
+    from optima_jax import models
     from optima_jax.config import default_config
-    from optima_jax.engine import run_sequential
-    from optima_jax.pruner import make_pruner
 
     t0 = time.perf_counter()
     cfg = default_config()
@@ -218,33 +217,10 @@ def cmd_engine(a):
     micro_batch = a.micro_batch or int(cfg.calibration.micro_batch)
     loaded = models.load_model(a.model, dtype=dtype)
     model = models.build_model(loaded.config, loaded.params, dtype=getattr(jnp, dtype))
-    ids = data.calibration_windows(
-        a.text,
-        loaded.tokenizer,
-        nsamples=a.nsamples,
-        seqlen=a.seqlen,
-        seed=0,
-        add_bos=loaded.config.adds_bos(loaded.tokenizer),
-    )
+    ids = calibration_ids(loaded, a.text, a.nsamples, a.seqlen)
     setup_s = time.perf_counter() - t0
-    rows = []
-
-    class Stop(Exception):
-        pass
-
-    def done(d):
-        rows.append({"block": d.index, **{k: round(v, 3) for k, v in d.timings.items()}})
-        print(rows[-1], flush=True)
-        if len(rows) >= a.blocks:
-            raise Stop
-
     t1 = time.perf_counter()
-    try:
-        run_sequential(
-            model, loaded.config, ids, make_pruner(cfg), micro_batch=micro_batch, on_block_done=done, progress=False
-        )
-    except Stop:
-        pass
+    rows = engine_blocks(model, loaded.config, ids, cfg, a.blocks, 3, micro_batch=micro_batch, progress=False)
     blocks_s = time.perf_counter() - t1
     per = lambda r: r["hessians_s"] + r["prune_s"] + r["forward_s"]  # noqa: E731
     steady = rows[1:] or rows
