@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optima_jax import data, evaluate, models, pipeline
-from optima_jax.config import default_config
+from optima_jax.config import default_config, resolve_dtype
 from optima_jax.fileio import atomic_write_text
 
 
@@ -217,7 +217,7 @@ def main():
             # A row's dtype override (dtype=bfloat16) is the activation dtype while pruning (Hessians stay float32);
             # every row is evaluated in float32, so the rows differ only in how they were pruned.
             cfg = cell_config(row, sparsity, scope, args.set) if row != "dense" else None
-            dtype = jnp.bfloat16 if cfg is not None and cfg.dtype == "bfloat16" else jnp.float32
+            dtype = jnp.bfloat16 if cfg is not None and resolve_dtype(cfg.dtype) == "bfloat16" else jnp.float32
             model = models.build_model(loaded.config, loaded.params, dtype=dtype)
             cell = {"regime": regime, "row": row}
             t0 = time.perf_counter()
@@ -232,7 +232,7 @@ def main():
                         "selector": selector,
                         "update": update,
                         "solver": cfg.solver.to_dict(),
-                        "dtype": cfg.dtype,
+                        "dtype": resolve_dtype(cfg.dtype),
                     },
                     linears=[
                         {

@@ -208,12 +208,12 @@ def cmd_engine(a):
 
     from _common import calibration_ids, engine_blocks
     from optima_jax import models
-    from optima_jax.config import default_config
+    from optima_jax.config import default_config, resolve_dtype
 
     t0 = time.perf_counter()
     cfg = default_config()
     cfg.selector, cfg.weight_update = "wanda", "none"  # the engine's own time: no solver
-    dtype = a.dtype or cfg.dtype
+    dtype = a.dtype or resolve_dtype(cfg.dtype)
     micro_batch = a.micro_batch or int(cfg.calibration.micro_batch)
     loaded = models.load_model(a.model, dtype=dtype)
     model = models.build_model(loaded.config, loaded.params, dtype=getattr(jnp, dtype))

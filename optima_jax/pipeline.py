@@ -20,6 +20,7 @@ from optima_jax.engine import check_dense_finite, run_sequential
 from optima_jax.errors import OptimaError, is_device_oom
 from optima_jax.fileio import atomic_write_text
 from optima_jax.checkpoint import exports
+from optima_jax.config import resolve_dtype
 from optima_jax.models import api
 from optima_jax.models.loading.core import generation_config, sentencepiece_model
 from optima_jax.pruner import make_pruner
@@ -138,6 +139,7 @@ def run(cfg) -> dict:
 
 def _run(cfg, restores: list) -> dict:
     t_start = time.perf_counter()
+    cfg.dtype = resolve_dtype(cfg.dtype)  # "auto" is decided once, and the run's identity records the result
     cfg_dict = cfg.to_dict()
     out = Path(cfg.output_dir).absolute()
     sharding.maybe_initialize_distributed(cfg.distributed)

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from optima_jax import data
-from optima_jax.config import SOLVER_METHODS
+from optima_jax.config import DTYPES, SOLVER_METHODS
 from optima_jax.errors import OptimaError
 from optima_jax.refine import REFINERS
 from optima_jax.selectors import SELECTORS
@@ -65,8 +65,8 @@ def validate(cfg) -> None:
     _check_number("eval.seqlen", cfg.eval.seqlen, ge=2, integer=True)
     _check_number("eval.batch_size", cfg.eval.batch_size, ge=1, integer=True)
     _check_number("eval.max_windows", cfg.eval.max_windows, ge=0, integer=True, note=" (0 = all windows)")
-    if cfg.dtype not in ("float32", "bfloat16"):
-        raise OptimaError(f"dtype must be float32 or bfloat16, got {cfg.dtype!r}")
+    if cfg.dtype not in DTYPES:
+        raise OptimaError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
     if cfg.hidden_states_on not in ("device", "host"):
         raise OptimaError(f"hidden_states_on must be device or host, got {cfg.hidden_states_on!r}")
     if not cfg.output_dir:

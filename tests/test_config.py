@@ -214,3 +214,15 @@ def test_cli_refuses_bad_solver_value_before_any_work(tmp_path):
     assert r.returncode != 0
     assert len(lines) == 1 and lines[0].startswith("error:") and "solver.eps_abs" in lines[0], r.stderr
     assert not out.exists()
+
+
+def test_dtype_auto_is_bfloat16_on_accelerators_and_float32_on_cpu(tmp_path):
+    from optima_jax.config import resolve_dtype
+
+    assert default_config().dtype == "auto"
+    assert [resolve_dtype("auto", b) for b in ("cpu", "gpu", "tpu")] == ["float32", "bfloat16", "bfloat16"]
+    assert [resolve_dtype(d, "gpu") for d in ("float32", "bfloat16")] == ["float32", "bfloat16"]
+    cfg = default_config()
+    cfg.model, cfg.output_dir, cfg.dtype = str(tmp_path), str(tmp_path / "out"), "float16"
+    with pytest.raises(OptimaError, match="dtype must be one of auto, float32, bfloat16, got 'float16'"):
+        validate(cfg)

@@ -211,6 +211,7 @@ def test_hf_export_loads_in_transformers_with_our_logits_and_generates(gemma_run
 
     src, out = gemma_run
     config, pruned, _ = checkpoint.restore_pruned(out)
+    assert checkpoint.restore_metadata(out)["config"]["dtype"] == "float32"  # dtype=auto, decided on this CPU
     hf_dir = out / "hf"
     written = json.loads((hf_dir / "config.json").read_text())
     sp = written["sparsity"]
