@@ -103,6 +103,7 @@ def prune_blocks(
     )
     times["select_s"] = sum(r["seconds_select"] for r in rows)
     times["update_s"] = sum(r["seconds_update"] for r in rows)
+    times["refine_s"] = sum(r.get("seconds_refine", 0.0) for r in rows)
     return rows, times
 
 
@@ -277,6 +278,7 @@ def _run(cfg, restores: list) -> dict:
     timings.update(block_times)
     timings["select_s"] = sum(r["seconds_select"] for r in rows)
     timings["update_s"] = sum(r["seconds_update"] for r in rows)
+    timings["refine_s"] = sum(r.get("seconds_refine", 0.0) for r in rows)
 
     params = models.to_params_dict(model)
     metadata = {

@@ -47,6 +47,18 @@ COLUMNS = [
     "converged_fraction",
     "seconds_select",
     "seconds_update",
+    # with refine.method set (optima_jax/refine.py)
+    "refine",
+    "refine_used",
+    "refine_reason",
+    "err_update_start",
+    "err_update_refined",
+    "val_err_update_start",
+    "val_err_update_refined",
+    "refine_changed",
+    "refine_rows",
+    "refine_iterations",
+    "seconds_refine",
 ]
 
 
