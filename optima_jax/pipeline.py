@@ -140,10 +140,10 @@ def run(cfg) -> dict:
 
 def _run(cfg, restores: list) -> dict:
     t_start = time.perf_counter()
+    sharding.maybe_initialize_distributed(cfg.distributed)  # before anything asks JAX for its backend
     cfg.dtype = resolve_dtype(cfg.dtype)  # "auto" is decided once, and the run's identity records the result
     cfg_dict = cfg.to_dict()
     out = Path(cfg.output_dir).absolute()
-    sharding.maybe_initialize_distributed(cfg.distributed)
     main = sharding.is_main_process()
     fingerprint = checkpoint.run_fingerprint(cfg_dict)
     checkpoint.check_output_dir(out, fingerprint, cfg.overwrite)
