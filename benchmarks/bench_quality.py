@@ -74,6 +74,21 @@ def set_key(cfg, key: str, value: str):
         node[parts[-1]] = value
 
 
+# the refiner's per-linear fields (refine.method != none; docs/refine.md), kept in the cell's linears
+REFINE_KEYS = (
+    "refine_used",
+    "refine_reason",
+    "err_update_start",
+    "err_update_refined",
+    "val_err_update_start",
+    "val_err_update_refined",
+    "refine_changed",
+    "refine_rows",
+    "refine_iterations",
+    "seconds_update",
+    "seconds_refine",
+    "seconds_refine_admm",
+)
 SETUP_KEYS = ("model", "calib", "nsamples", "seqlen", "seed", "validation", "eval_seqlen", "eval_windows", "set")
 
 
@@ -253,6 +268,7 @@ def main():
                                 "fallback",
                             )
                         }
+                        | {k: r[k] for k in REFINE_KEYS if k in r}
                         for r in rows
                     ],
                 )

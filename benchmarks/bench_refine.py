@@ -114,6 +114,7 @@ def main():
         "--breakdown", action="store_true", help="also time the ADMM's parts per layer (at the first sparsity)"
     )
     ap.add_argument("--table", default="", help="print the markdown table of a results JSON and exit")
+    ap.add_argument("--set", default="", help="refine.* overrides, e.g. min_iter=15,check_every=3")
     args = ap.parse_args()
     if args.table:
         emit_table(table(json.loads(Path(args.table).read_text())["rows"]), "")
@@ -135,6 +136,11 @@ def main():
 
     cfg = default_config()
     cfg.refine.method = "alps"
+    for kv in filter(None, args.set.split(",")):
+        k, _, v = kv.partition("=")
+        if k not in cfg.refine:
+            raise SystemExit(f"error: --set: unknown refine setting {k!r}; known: {', '.join(cfg.refine)}")
+        cfg.refine[k] = type(cfg.refine[k])(v)
     settings, update = RefineSettings.from_config(cfg), UpdateSettings.from_config(cfg)
     damp = float(cfg.solver.damp)
     held = {

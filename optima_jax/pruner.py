@@ -82,6 +82,9 @@ def make_pruner(cfg, rows_mesh=None):
     reuse_solve = cfg.weight_update == "optima" and settings.method == "exact" and not settings.auto_damp
     min_conv = float(cfg.solver.min_converged_fraction)
     judged_update = cfg.weight_update in ("optima", "adam")
+    # the refiner's factorisation of the last H: linears reading the same input (q/k/v, gate/up) are pruned one
+    # after another from one H object (optima_jax.engine), so they share its eigendecomposition
+    last_factor: dict = {}
 
     def prune(task: LinearTask) -> LinearResult:
         """One linear, device-resident: W, H, H_val, the mask and the new weights never leave the device;
@@ -102,6 +105,8 @@ def make_pruner(cfg, rows_mesh=None):
         if refiner is not None:
             # refine the selector's mask at the damp the update used (auto damp: the start mask's pick), then
             # the configured update on the refined mask; the better of the two updates is judged below
+            damp = float(upd.info.get("damp", settings.damp))
+            same_h = last_factor.get("H") is H and last_factor.get("damp") == damp
             ref = refiner(
                 W,
                 sel,
@@ -109,10 +114,12 @@ def make_pruner(cfg, rows_mesh=None):
                 spec,
                 refine,
                 settings,
-                damp=float(upd.info.get("damp", settings.damp)),
+                damp=damp,
                 start_weight=W_upd if reuse_solve else None,
+                factor=last_factor["factor"] if same_h else None,
                 where=task.full_name,
             )
+            last_factor.update(H=H, damp=damp, factor=ref.factor)
             if reuse_solve:
                 upd_ref = UpdateResult(ref.selection.weight, dict(upd.info))
             else:

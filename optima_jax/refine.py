@@ -85,11 +85,25 @@ class RefineSettings:
 class RefineResult(NamedTuple):
     """selection: the refined keep mask and its weights (float32, pruned entries 0; the exact optimum on the
     support, per row the better of refined and start). start_weight: the exact optimum on the start mask.
-    info: python scalars for the report (iterations, rho, rows_refined, entries_changed, seconds_admm)."""
+    info: python scalars for the report (iterations, rho, rows_refined, entries_changed, seconds_admm).
+    factor: the factorisation of H the refiner used (None for `none`), reusable for another linear of that H."""
 
     selection: SelectionResult
     start_weight: jax.Array
     info: dict
+    factor: HessianFactor | None = None  # the refiner's factorisation of H, to pass back for the next linear
+
+
+class HessianFactor(NamedTuple):
+    """The ADMM's factorisation of one damped H (`factor_hessian`), shared by the linears that read the same input
+    (q/k/v, gate/up: one H, one eigendecomposition). Hh (n, n) Ĥ = Hd / (x xᵀ); x (n,) sqrt(diag Hd); lam the
+    ridge λ; L (n,) Ĥ's eigenvalues (clipped at 0); Q (n, n) its eigenvectors."""
+
+    Hh: jax.Array
+    x: jax.Array
+    lam: jax.Array
+    L: jax.Array
+    Q: jax.Array
 
 
 RefinerFn = Callable[..., RefineResult]
@@ -165,21 +179,51 @@ def normalised_hessian(H, damp):
     return Hd * ix[:, None] * ix[None, :], x, lam
 
 
-@partial(jax.jit, static_argnames=("spec", "cfg"))
-def admm_support(H, W, keep0, W0, damp, *, spec: SparsitySpec, cfg: RefineSettings):
+@jax.jit
+def factor_hessian(H, damp) -> HessianFactor:
+    """`normalised_hessian` and Ĥ's eigendecomposition, in H's dtype: what `admm_support` needs of H."""
+    Hh, x, lam = normalised_hessian(H, damp.astype(H.dtype))
+    L, Q = jnp.linalg.eigh(Hh)
+    return HessianFactor(Hh, x, lam, jnp.maximum(L, 0), Q)
+
+
+def eigenbasis_w_step(out: int, n: int) -> bool:
+    """Whether the W-step multiplies in Ĥ's eigenbasis, B = ((R Q) diag(1/(L+ρ))) Qᵀ: two (out, n)·(n, n) products
+    per iteration, against one product with (Ĥ+ρI)⁻¹ and that n³ inverse rebuilt at every ρ change (every
+    `check_every` iterations). Cheaper for short layers, out < n/3 (GQA key/value projections)."""
+    return 3 * out < n
+
+
+def admm_support(
+    H, W, keep0, W0, damp, *, spec: SparsitySpec, cfg: RefineSettings, factor: HessianFactor | None = None
+):
     """ALPS's ADMM from the start support `keep0` (start point D₀ = W0, the start's exact weights, normalised).
 
+    factor: `factor_hessian(H, damp)` when the caller has it (another linear of the same H); else made here.
     Returns (keep, W_admm, iterations, rho): the final support (projection of B), the ADMM weights B in the
     original coordinates on that support (a warm start for the exact solve), iterations run, final ρ. Works
     in the dtype of H and W."""
-    dt = W.dtype
-    Hh, x, _ = normalised_hessian(H.astype(dt), damp.astype(dt))
-    L, Q = jnp.linalg.eigh(Hh)
-    L = jnp.maximum(L, 0)
-    mm = partial(jnp.matmul, precision=HI)
+    if factor is None:
+        factor = factor_hessian(H.astype(W.dtype), jnp.asarray(damp))
+    return _admm(factor, W, keep0, W0, spec=spec, cfg=cfg)
 
-    def inverse(rho):  # (Ĥ + ρI)⁻¹ from the one eigendecomposition
+
+@partial(jax.jit, static_argnames=("spec", "cfg"))
+def _admm(factor: HessianFactor, W, keep0, W0, *, spec: SparsitySpec, cfg: RefineSettings):
+    dt = W.dtype
+    Hh, x, L, Q = (a.astype(dt) for a in (factor.Hh, factor.x, factor.L, factor.Q))
+    mm = partial(jnp.matmul, precision=HI)
+    in_eigenbasis = eigenbasis_w_step(*W.shape)
+
+    def inverse(rho):  # (Ĥ + ρI)⁻¹ from the one eigendecomposition (unused in the eigenbasis)
+        if in_eigenbasis:
+            return jnp.zeros((), dt)
         return mm(Q * (1 / (L + rho))[None, :], Q.T)
+
+    def w_step(R, rho, inv):  # R (Ĥ + ρI)⁻¹
+        if in_eigenbasis:
+            return mm(mm(R, Q) * (1 / (L + rho))[None, :], Q.T)
+        return mm(R, inv)
 
     Y = mm(W * x[None, :], Hh)  # B₀Ĥ
     D0 = jnp.where(keep0, W0 * x[None, :], 0).astype(dt)
@@ -225,7 +269,7 @@ def admm_support(H, W, keep0, W0, damp, *, spec: SparsitySpec, cfg: RefineSettin
 
     def body(s):
         rho = s["rho"]
-        B = mm(Y - s["V"] + rho * s["D"], s["inv"])
+        B = w_step(Y - s["V"] + rho * s["D"], rho, s["inv"])
         Z = B + s["V"] / rho
         keep = project(Z, kept_row, spec)
         D = jnp.where(keep, Z, 0)
@@ -274,7 +318,9 @@ def _solve(H, W, keep, damp: float, update: UpdateSettings, W_init, where: str):
 
 
 @register_refiner("none")
-def refine_none(W, selection, stats, spec, settings=None, update=None, *, damp=0.0, start_weight=None, where="layer"):
+def refine_none(
+    W, selection, stats, spec, settings=None, update=None, *, damp=0.0, start_weight=None, factor=None, where="layer"
+):
     """The selector's mask unchanged; start_weight as given (else the selector's weights)."""
     sw = apply_mask(selection.keep_mask, selection.weight) if start_weight is None else start_weight
     info = {"iterations": 0, "rho": None, "rows_refined": 0, "entries_changed": 0, "seconds_admm": 0.0}
@@ -292,11 +338,13 @@ def refine_alps(
     *,
     damp: float,
     start_weight=None,
+    factor: HessianFactor | None = None,
     where: str = "layer",
 ) -> RefineResult:
     """ALPS-style refinement of `selection`'s mask (module docstring). W (out, in) dense; stats.H Σxᵀx; damp:
     the ridge of every solve and of the ADMM (damp · mean(diag H)). start_weight: the exact optimum on the start
-    mask at this damp if the caller has it (else solved here). Returns a RefineResult (info: python scalars)."""
+    mask at this damp if the caller has it (else solved here). factor: `factor_hessian(stats.H, damp)` from another
+    linear of the same H at the same damp (else made here). Returns a RefineResult (info: python scalars)."""
     settings = RefineSettings.from_config(method="alps") if settings is None else settings
     update = UpdateSettings.from_config() if update is None else update
     spec = SparsitySpec.parse(spec)
@@ -306,15 +354,17 @@ def refine_alps(
     H, W, keep0 = to_device(stats.H, jnp.float32), to_device(W, jnp.float32), to_device(selection.keep_mask)
     if start_weight is None:
         start_weight = _solve(H, W, keep0, damp, update, apply_mask(keep0, selection.weight), where)
+    if factor is not None and tuple(factor.Q.shape) != tuple(H.shape):
+        raise RefineError(f"{where}: the shared factorisation is for a {factor.Q.shape} H, this H is {H.shape}")
     dput = put(damp)
     start_weight.block_until_ready()
     t0 = time.perf_counter()
-    keep1, W_admm, its, rho = admm_support(H, W, keep0, start_weight, dput, spec=spec, cfg=settings)
+    factor = factor_hessian(H, dput) if factor is None else factor
+    keep1, W_admm, its, rho = admm_support(H, W, keep0, start_weight, dput, spec=spec, cfg=settings, factor=factor)
     W_admm.block_until_ready()
     t_admm = time.perf_counter() - t0
     W1 = _solve(H, W, keep1, damp, update, W_admm, where)
-    _, _, lam = normalised_hessian(H, dput)
-    keep, weight, rows, changed = _choose(H, W, keep0, start_weight, keep1, W1, lam)
+    keep, weight, rows, changed = _choose(H, W, keep0, start_weight, keep1, W1, factor.lam)
     num = fetch({"iterations": its, "rho": rho, "rows_refined": rows, "entries_changed": changed})
     info = {
         "iterations": int(num["iterations"]),
@@ -323,4 +373,4 @@ def refine_alps(
         "entries_changed": int(num["entries_changed"]),
         "seconds_admm": t_admm,
     }
-    return RefineResult(SelectionResult(keep, weight, {"refiner": "alps"}), start_weight, info)
+    return RefineResult(SelectionResult(keep, weight, {"refiner": "alps"}), start_weight, info, factor)

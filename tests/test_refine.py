@@ -17,6 +17,8 @@ from optima_jax.refine import (
     REFINERS,
     RefineSettings,
     admm_support,
+    eigenbasis_w_step,
+    factor_hessian,
     get_refiner,
     project,
     refine_alps,
@@ -157,14 +159,16 @@ def test_projection_matches_the_stable_sort_with_ties(sp, dtype):
         np.testing.assert_array_equal(np.asarray(got), want)
 
 
-CASES = [(seed, sp) for seed in (0, 1, 2) for sp in ("0.5", "0.7", "2:4")]
+# (seed, sparsity, out): out=12 < n/3 takes the W-step in Ĥ's eigenbasis (`eigenbasis_w_step`), 20 the inverse
+CASES = [(seed, sp, 20) for seed in (0, 1, 2) for sp in ("0.5", "0.7", "2:4")] + [(3, "0.7", 12), (4, "2:4", 12)]
 
 
-@pytest.mark.parametrize("seed,sp", CASES)
-def test_admm_matches_float64_reference(seed, sp):
+@pytest.mark.parametrize("seed,sp,out", CASES)
+def test_admm_matches_float64_reference(seed, sp, out):
     """In float64 (x64), the JAX ADMM takes the reference's path: same support, iterations and final rho; the
     float32 run refines to the same support, and its objective is the float64 optimum's within 1e-6."""
-    H, W = make_layer(seed)
+    H, W = make_layer(seed, out=out)
+    assert eigenbasis_w_step(out, H.shape[0]) == (out == 12)
     spec = SparsitySpec.parse(sp)
     keep0 = wanda_keep(H, W, spec)
     cfg = RefineSettings(method="alps")
@@ -315,6 +319,30 @@ def test_prune_step_with_refinement_is_device_resident(over):
     assert not row["skipped"], row
 
 
+def test_shared_factorisation():
+    """Two linears of one H (as q/k/v): refining the second with the first's factorisation gives what it gives
+    alone; a factorisation of another H's size is a one-line error."""
+    from optima_jax.refine import RefineError
+
+    H, W = make_layer(5)
+    W2 = np.random.default_rng(6).normal(size=(16, W.shape[1])).astype(np.float32) * 0.05
+    spec = SparsitySpec.parse("0.6")
+    first = run_refine(H, W, wanda_keep(H, W, spec), spec, 0.01)
+    keep2 = wanda_keep(H, W2, spec)
+    alone = run_refine(H, W2, keep2, spec, 0.01)
+    sel2 = SelectionResult(jnp.asarray(keep2), jnp.asarray(np.where(keep2, W2, 0)))
+    stats = LinearStats(jnp.asarray(H))
+    shared = refine_alps(
+        jnp.asarray(W2), sel2, stats, spec, RefineSettings(method="alps"), TIGHT, damp=0.01, factor=first.factor
+    )
+    np.testing.assert_array_equal(np.asarray(shared.selection.keep_mask), np.asarray(alone.selection.keep_mask))
+    np.testing.assert_array_equal(np.asarray(shared.selection.weight), np.asarray(alone.selection.weight))
+    assert shared.factor is first.factor
+    small = factor_hessian(jnp.asarray(H[:8, :8]), jnp.asarray(0.01))
+    with pytest.raises(RefineError, match=r"shared factorisation is for a \(8, 8\) H"):
+        refine_alps(jnp.asarray(W2), sel2, stats, spec, damp=0.01, factor=small, where="x")
+
+
 def _cfg(**over):
     cfg = default_config()
     for k, v in over.items():
@@ -350,10 +378,15 @@ def llama(tmp_path_factory):
 
 
 @pytest.mark.parametrize("sparsity,validation", [("0.7", ""), ("2:4", "holdout")])
-def test_pipeline_with_refinement(llama, tmp_path, sparsity, validation):
+def test_pipeline_with_refinement(llama, tmp_path, monkeypatch, sparsity, validation):
     """A tiny LLaMA pruned by the whole pipeline with refine.method=alps: the run finishes, the masks have the
-    pattern, and every report row carries the refinement's numbers."""
-    from optima_jax import checkpoint, pipeline
+    pattern, every report row carries the refinement's numbers, and the linears of one input share one
+    factorisation of H (4 per block: q/k/v, o, gate/up, down)."""
+    from optima_jax import checkpoint, pipeline, refine
+
+    calls = []
+    real = refine.factor_hessian
+    monkeypatch.setattr(refine, "factor_hessian", lambda H, damp: calls.append(H.shape) or real(H, damp))
 
     out = tmp_path / "run"
     cfg = _cfg(
@@ -376,6 +409,7 @@ def test_pipeline_with_refinement(llama, tmp_path, sparsity, validation):
     pruned = checkpoint.flatten(checkpoint.restore_params(out))
     rows = json.loads((out / "report.json").read_text())["linears"]
     assert len(rows) == len(masks) == 7 * 3
+    assert len(calls) == 4 * 3, calls
     spec = SparsitySpec.parse(sparsity)
     for name, keep in masks.items():
         assert not np.any(np.asarray(pruned[name])[~keep]), name
