@@ -6,7 +6,7 @@
 # Per-stage seconds and peak device memory go to $OUT/gpu_suite.json and $OUT/gpu_suite.md (docs/gpu.md).
 #
 #   bash benchmarks/gpu_suite.sh                 # on the GPU machine (prepared by benchmarks/gpu_prepare.sh)
-#   bash benchmarks/gpu_suite.sh --cpu-smoke --out DIR   # the same stages at tiny sizes on CPU (< 2 minutes)
+#   bash benchmarks/gpu_suite.sh --cpu-smoke --out DIR   # the same stages at tiny sizes on CPU (< 3 minutes)
 #
 # Options: --out DIR (default $OUT, else /tmp/gpu_suite_out), --wheels DIR (default .whl: installed with
 # pip --no-index into /tmp/site when it holds wheels, skipped otherwise), --stage-dir DIR (default .gpu_stage:
@@ -45,14 +45,14 @@ if [ "$MODE" = gpu ]; then
   TEST_ARGS=(-n 6 -k "not 8_devices")
   # float32 parity bounds (1e-4) assume true float32 matmuls; JAX's GPU default is TF32
   export JAX_DEFAULT_MATMUL_PRECISION=highest  # those two force 8 CPU devices: no GPU work
-  declare -A LIMIT=([models]=60 [e2e]=220 [engine_smollm2]=50 [engine_gemma3]=50 [solver]=50 [tests]=150)
+  declare -A LIMIT=([models]=60 [e2e]=220 [engine_smollm2]=50 [engine_gemma3]=50 [solver]=90 [tests]=150)
 else
-  BUDGET=${BUDGET:-115}
+  BUDGET=${BUDGET:-150}
   NS=4; SL=64; BLOCKS=2; SMOKE="--smoke"; RAPDHG_ROWS=8; RAPDHG_LAYERS=1; EVAL=0
   LAYERS=self_attn.q_proj,mlp.down_proj
   TESTS="tests/test_device_resident.py::test_fetch_refuses_matrices"
   TEST_ARGS=()
-  declare -A LIMIT=([models]=30 [e2e]=50 [engine_smollm2]=30 [engine_gemma3]=30 [solver]=40 [tests]=25)
+  declare -A LIMIT=([models]=30 [e2e]=50 [engine_smollm2]=30 [engine_gemma3]=30 [solver]=55 [tests]=25)
   export JAX_PLATFORMS=cpu
 fi
 export XLA_PYTHON_CLIENT_PREALLOCATE=false TQDM_DISABLE=1 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1

@@ -54,6 +54,8 @@ def test_every_stage_runs_and_reports_its_numbers(smoke):
     assert [x["linear"] for x in layers] == ["self_attn.q_proj", "mlp.down_proj"]  # the smoke's two shapes
     assert all(x["exact_s"] > 0 and x["exact_converged"] == 1.0 for x in layers)
     assert layers[0]["rapdhg_whole_layer_s"] > 0 and layers[0]["rapdhg_optimal"] > 0  # rAPDHG: the first only
+    assert all(x["refine_s"] > 0 and x["refine_iterations"] >= 1 for x in layers)  # the mask refiner, every layer
+    assert "x exact)" in md
     assert res["stages"]["tests"]["pytest"]["passed"] >= 1 and res["stages"]["tests"]["pytest"]["failures"] == 0
 
 
