@@ -25,6 +25,11 @@ Names:
         from magnitude on the normalised weights, i.e. Wanda's mask); per-row projection (ALPS: layer-wide);
         ρ kept ≥ 1e-6; the final weights are our exact solve (ALPS: 10 CG steps); the per-row safeguard above.
 
+Cost: one eigendecomposition per H (`factor_hessian`; the pruner passes it on to the next linear of the same input,
+so q/k/v and gate/up share one), per iteration one (out, n)·(n, n) product and one projection, per ρ change one
+(n, n)·(n, n) rebuild of (Ĥ+ρI)⁻¹; layers with out < n/3 multiply in the eigenbasis instead (two products per
+iteration, no rebuild: `eigenbasis_w_step`). Then one exact solve on the final support.
+
 Device residency (tests/test_device_resident.py): H, W and the masks stay device arrays; the loop runs in one
 jitted `lax.while_loop`; the report's scalars come back in one `transfers.fetch`.
 """
