@@ -30,6 +30,7 @@ import numpy as np
 from optima_jax import data, evaluate, models, pipeline
 from optima_jax.config import default_config, resolve_dtype
 from optima_jax.fileio import atomic_write_text
+from optima_jax.report import REFINE_COLUMNS
 
 
 def parse_row(row: str):
@@ -75,20 +76,7 @@ def set_key(cfg, key: str, value: str):
 
 
 # the refiner's per-linear fields (refine.method != none; docs/refine.md), kept in the cell's linears
-REFINE_KEYS = (
-    "refine_used",
-    "refine_reason",
-    "err_update_start",
-    "err_update_refined",
-    "val_err_update_start",
-    "val_err_update_refined",
-    "refine_changed",
-    "refine_rows",
-    "refine_iterations",
-    "seconds_update",
-    "seconds_refine",
-    "seconds_refine_admm",
-)
+REFINE_KEYS = ("seconds_update", "seconds_refine_admm", *REFINE_COLUMNS)
 SETUP_KEYS = ("model", "calib", "nsamples", "seqlen", "seed", "validation", "eval_seqlen", "eval_windows", "set")
 
 

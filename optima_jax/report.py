@@ -47,7 +47,9 @@ COLUMNS = [
     "converged_fraction",
     "seconds_select",
     "seconds_update",
-    # with refine.method set (optima_jax/refine.py)
+]
+# with refine.method set (optima_jax/refine.py)
+REFINE_COLUMNS = [
     "refine",
     "refine_used",
     "refine_reason",
@@ -60,6 +62,7 @@ COLUMNS = [
     "refine_iterations",
     "seconds_refine",
 ]
+COLUMNS += REFINE_COLUMNS
 
 
 def write_reports(out: Path, rows: list[dict], timings: dict | None = None, perplexity: dict | None = None):
