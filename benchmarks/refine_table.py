@@ -4,7 +4,8 @@ SparseGPT + OPTIMA with the regime's goal, and the refinement's cost against the
 
 python benchmarks/refine_table.py --out docs/results/refine_summary.md
 
-Cells come from docs/results/refine_<model>*.json (bench_quality.py, commands in docs/refine.md). A row missing
+Cells come from docs/results/refine_<model>*.json (bench_quality.py, commands in docs/refine.md); the cells of
+docs/results/refine_val_<model>.json (the same rows run with --validation) get a table of their own. A row missing
 there is taken from the model's Table 1 file (docs/results/<model>_table1.json: the same calibration, evaluation
 and default damp, `@solver.damp=0.01` rows; marked †) when present; otherwise the cell says "not run".
 Cost: Σ seconds_refine / Σ seconds_update over the cell's linears (the refiner plus the exact solve on its mask,
@@ -55,8 +56,49 @@ def cost(cell: dict) -> float | None:
     return (t["prune_s"] - t["select_s"] - t["update_s"]) / t["update_s"]
 
 
-def table(model: str) -> list[str]:
-    own = cells(*sorted(RESULTS.glob(f"refine_{model}*.json")))
+def validation_table(model: str, own: dict) -> list[str]:
+    """The cells of refine_val_<model>.json (the same rows with --validation: the layer-level choice and the
+    refiner's per-row choice judged on that text), each against SparseGPT + OPTIMA with the same validation text
+    and against the main table's SparseGPT + OPTIMA (no validation)."""
+    path = RESULTS / f"refine_val_{model}.json"
+    if not path.exists():
+        return []
+    res = json.loads(path.read_text())
+    val = {(c["regime"], c["row"]): c for c in res["cells"]}
+    evals = res["setup"]["eval"]
+    base_name = ROWS[BASELINE][0]
+    lines = [
+        f"With `--validation {res['setup']['validation']}` ({path.name}):",
+        "",
+        f"| regime | row | {' | '.join(evals)} | vs {BASELINE}, same validation | vs {BASELINE} without |"
+        " goal met | refine / update time |",
+        "|---|---|" + "---|" * len(evals) + "---|---|---|---|",
+    ]
+
+    def vs(c, base):
+        if base is None:
+            return ""
+        return " / ".join(f"{100 * (c['ppl'][e] / base['ppl'][e] - 1):+.1f}%" for e in evals)
+
+    for (regime, name), c in val.items():
+        label = next((col for col, (n, _) in ROWS.items() if n == name), f"`{name}`")
+        same, without = val.get((regime, base_name)), own.get((regime, base_name))
+        refined = "refine.method=alps" in name
+        met = ratio = ""
+        if refined and same:
+            d = [100 * (c["ppl"][e] / same["ppl"][e] - 1) for e in evals]
+            met = "yes" if all(x <= GOAL[regime] for x in d) else f"no (goal {GOAL[regime]:+.0f}%)"
+            r = cost(c)
+            ratio = "" if r is None else f"+{r:.2f}x ({1 + r:.2f}x in all)"
+        lines.append(
+            f"| {regime} | {label} | "
+            + " | ".join(f"{c['ppl'][e]:.2f}" for e in evals)
+            + f" | {vs(c, same) if refined else ''} | {vs(c, without)} | {met} | {ratio} |"
+        )
+    return lines + [""]
+
+
+def table(model: str, own: dict) -> list[str]:
     t1 = cells(RESULTS / f"{model}_table1.json")
     evals = None
     lines = []
@@ -105,7 +147,9 @@ def main():
     args = ap.parse_args()
     out = []
     for model, title in MODELS.items():
-        out += [f"### {title}", ""] + (table(model) or ["(no refined cells yet)"]) + [""]
+        own = cells(*sorted(RESULTS.glob(f"refine_{model}*.json")))
+        out += [f"### {title}", ""] + (table(model, own) or ["(no refined cells yet)"]) + [""]
+        out += validation_table(model, own)
     out += ["† from the model's Table 1 file (same calibration, evaluation and damp; docs/results/table1.md)."]
     emit_table(out, args.out)
 
