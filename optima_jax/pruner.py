@@ -5,8 +5,7 @@
 With refine.method != none (optima_jax.refine, docs/refine.md) the selector's mask is also refined and the update
 run on the refined mask; the refined candidate replaces the start mask's update only if its error is lower
 (validation error where a validation set exists, else calibration), and the keep-or-skip safeguard then judges
-the chosen candidate against the selector's weights as before (with a validation set the refiner's per-row choice
-also needs each row's validation error to drop: optima_jax.refine). The row gains refine, refine_used,
+the chosen candidate against the selector's weights as before. The row gains refine, refine_used,
 refine_reason, err_update_start / err_update_refined (and val_ versions; normalised as err_update),
 refine_changed (mask entries changed), refine_rows, refine_iterations, refine_rho, seconds_refine (the refiner
 and the update on its mask, on top of seconds_update) and seconds_refine_admm (its ADMM part).
@@ -118,7 +117,6 @@ def make_pruner(cfg, rows_mesh=None):
                 damp=damp,
                 start_weight=W_upd if reuse_solve else None,
                 factor=last_factor["factor"] if same_h else None,
-                H_val=H_val,
                 where=task.full_name,
             )
             last_factor.update(H=H, damp=damp, factor=ref.factor)

@@ -7,8 +7,7 @@ count for Wanda, Thanos, SparseGPT's own per-row count, an external mask's count
 of M consecutive inputs of a row. It ends with the exact solve (`qp.solve_rows(method="exact")`) on the final
 support, and keeps, per row, the better of (refined support, its exact weights) and (start support, its exact
 weights): rows are independent given the support, so the refined objective is never above the start mask's
-exact optimum, row by row (up to the solver's rtol). Given a validation Σxᵀx (`H_val`, the pipeline's
-`calibration.validation_source`), a row takes the refined candidate only where its validation error drops too.
+exact optimum, row by row (up to the solver's rtol).
 
 Names:
   none  the selector's mask, unchanged
@@ -298,14 +297,11 @@ def row_objectives(H, W, Wn, lam):
 
 
 @jax.jit
-def _choose(H, W, keep0, W0, keep1, W1, lam, H_val=None):
+def _choose(H, W, keep0, W0, keep1, W1, lam):
     """Per row, the better of (start support, exact weights) and (refined support, exact weights); a row whose
-    support did not change keeps the start's weights. With H_val (n, n) a validation Σxᵀx, a row takes the refined
-    candidate only if it lowers both its calibration objective and its validation error ½ΔᵀH_valΔ."""
+    support did not change keeps the start's weights."""
     moved = jnp.any(keep1 != keep0, axis=1)
     better = moved & (row_objectives(H, W, W1, lam) < row_objectives(H, W, W0, lam))
-    if H_val is not None:
-        better = better & (row_objectives(H_val, W, W1, 0.0) < row_objectives(H_val, W, W0, 0.0))
     keep = jnp.where(better[:, None], keep1, keep0)
     weight = jnp.where(better[:, None], W1, W0)
     return keep, weight, jnp.sum(better), jnp.sum(keep != keep0)
@@ -328,18 +324,7 @@ def _solve(H, W, keep, damp: float, update: UpdateSettings, W_init, where: str):
 
 @register_refiner("none")
 def refine_none(
-    W,
-    selection,
-    stats,
-    spec,
-    settings=None,
-    update=None,
-    *,
-    damp=0.0,
-    start_weight=None,
-    factor=None,
-    H_val=None,
-    where="layer",
+    W, selection, stats, spec, settings=None, update=None, *, damp=0.0, start_weight=None, factor=None, where="layer"
 ):
     """The selector's mask unchanged; start_weight as given (else the selector's weights)."""
     sw = apply_mask(selection.keep_mask, selection.weight) if start_weight is None else start_weight
@@ -359,15 +344,12 @@ def refine_alps(
     damp: float,
     start_weight=None,
     factor: HessianFactor | None = None,
-    H_val=None,
     where: str = "layer",
 ) -> RefineResult:
     """ALPS-style refinement of `selection`'s mask (module docstring). W (out, in) dense; stats.H Σxᵀx; damp:
     the ridge of every solve and of the ADMM (damp · mean(diag H)). start_weight: the exact optimum on the start
     mask at this damp if the caller has it (else solved here). factor: `factor_hessian(stats.H, damp)` from another
-    linear of the same H at the same damp (else made here). H_val (n, n): a validation Σxᵀx; a row keeps its
-    refined support only where that also lowers the row's validation error (`_choose`). Returns a RefineResult
-    (info: python scalars)."""
+    linear of the same H at the same damp (else made here). Returns a RefineResult (info: python scalars)."""
     settings = RefineSettings.from_config(method="alps") if settings is None else settings
     update = UpdateSettings.from_config() if update is None else update
     spec = SparsitySpec.parse(spec)
@@ -387,8 +369,7 @@ def refine_alps(
     W_admm.block_until_ready()
     t_admm = time.perf_counter() - t0
     W1 = _solve(H, W, keep1, damp, update, W_admm, where)
-    H_val = None if H_val is None else to_device(H_val, jnp.float32)
-    keep, weight, rows, changed = _choose(H, W, keep0, start_weight, keep1, W1, factor.lam, H_val)
+    keep, weight, rows, changed = _choose(H, W, keep0, start_weight, keep1, W1, factor.lam)
     num = fetch({"iterations": its, "rho": rho, "rows_refined": rows, "entries_changed": changed})
     info = {
         "iterations": int(num["iterations"]),
