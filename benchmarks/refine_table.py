@@ -56,9 +56,18 @@ def cost(cell: dict) -> float | None:
     return (t["prune_s"] - t["select_s"] - t["update_s"]) / t["update_s"]
 
 
+def against(c: dict, base: dict, evals: list, regime: str) -> tuple[str, str, str]:
+    """A refined cell against a baseline cell: (% per eval text, goal met, refine / update time)."""
+    d = [100 * (c["ppl"][e] / base["ppl"][e] - 1) for e in evals]
+    met = "yes" if all(x <= GOAL[regime] for x in d) else f"no (goal {GOAL[regime]:+.0f}%)"
+    r = cost(c)
+    ratio = "" if r is None else f"+{r:.2f}x ({1 + r:.2f}x in all)"
+    return " / ".join(f"{x:+.1f}%" for x in d), met, ratio
+
+
 def validation_table(model: str, own: dict) -> list[str]:
-    """The cells of refine_val_<model>.json (the same rows with --validation: the layer-level choice and the
-    refiner's per-row choice judged on that text), each against SparseGPT + OPTIMA with the same validation text
+    """The cells of refine_val_<model>.json (the same rows with --validation, measured at commit 26cea4f
+    whose per-row validation choice was then reverted), each against SparseGPT + OPTIMA with the same validation text
     and against the main table's SparseGPT + OPTIMA (no validation)."""
     path = RESULTS / f"refine_val_{model}.json"
     if not path.exists():
@@ -75,25 +84,16 @@ def validation_table(model: str, own: dict) -> list[str]:
         "|---|---|" + "---|" * len(evals) + "---|---|---|---|",
     ]
 
-    def vs(c, base):
-        if base is None:
-            return ""
-        return " / ".join(f"{100 * (c['ppl'][e] / base['ppl'][e] - 1):+.1f}%" for e in evals)
-
     for (regime, name), c in val.items():
         label = next((col for col, (n, _) in ROWS.items() if n == name), f"`{name}`")
         same, without = val.get((regime, base_name)), own.get((regime, base_name))
         refined = "refine.method=alps" in name
-        met = ratio = ""
-        if refined and same:
-            d = [100 * (c["ppl"][e] / same["ppl"][e] - 1) for e in evals]
-            met = "yes" if all(x <= GOAL[regime] for x in d) else f"no (goal {GOAL[regime]:+.0f}%)"
-            r = cost(c)
-            ratio = "" if r is None else f"+{r:.2f}x ({1 + r:.2f}x in all)"
+        vs, met, ratio = against(c, same, evals, regime) if refined and same else ("", "", "")
+        plain = against(c, without, evals, regime)[0] if without else ""
         lines.append(
             f"| {regime} | {label} | "
             + " | ".join(f"{c['ppl'][e]:.2f}" for e in evals)
-            + f" | {vs(c, same) if refined else ''} | {vs(c, without)} | {met} | {ratio} |"
+            + f" | {vs} | {plain} | {met} | {ratio} |"
         )
     return lines + [""]
 
@@ -130,11 +130,7 @@ def table(model: str, own: dict) -> list[str]:
             ppl = [c["ppl"][e] for e in evals]
             vs = met = ratio = ""
             if "refine" in col and base:
-                d = [100 * (p / base[0]["ppl"][e] - 1) for p, e in zip(ppl, evals)]
-                vs = " / ".join(f"{x:+.1f}%" for x in d)
-                met = "yes" if all(x <= GOAL[regime] for x in d) else f"no (goal {GOAL[regime]:+.0f}%)"
-                r = cost(c)
-                ratio = "" if r is None else f"+{r:.2f}x ({1 + r:.2f}x in all)"
+                vs, met, ratio = against(c, base[0], evals, regime)
             lines.append(
                 f"| {regime} | {col}{mark} | " + " | ".join(f"{p:.2f}" for p in ppl) + f" | {vs} | {met} | {ratio} |"
             )
