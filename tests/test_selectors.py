@@ -6,6 +6,7 @@ solves on the removed set, without the Cholesky trick the implementation uses).
 """
 
 import os
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -201,7 +202,8 @@ def _f64_cases():
 @pytest.mark.parametrize("name,spec,shape", list(_f64_cases()))
 def test_matches_reference_float64(name, spec, shape):
     spec = SparsitySpec.parse(spec)
-    W, _, H = make_layer(*shape, seed=hash((name, str(spec), shape)) % 1000)
+    # crc32, not hash(): str hashes change per process (PYTHONHASHSEED), so the layer would too
+    W, _, H = make_layer(*shape, seed=zlib.crc32(f"{name}/{spec}/{shape}".encode()) % 1000)
     keep_ref, W_ref = run_ref(name, W, H, spec)
     with jax.enable_x64(True):
         keep, Wn = run_ours(name, W, H, spec, jnp.float64)
@@ -211,7 +213,9 @@ def test_matches_reference_float64(name, spec, shape):
     _check_pattern(name, spec, keep)
     e, e_ref = recon(W, Wn, H), recon(W, W_ref, H)
     assert abs(e - e_ref) <= 1e-5 * e_ref
-    np.testing.assert_allclose(Wn, W_ref, rtol=1e-6, atol=1e-9 * np.abs(W).max())
+    # float64 roundoff grows with cond(H) (~1e4 after damping on these heavy-tailed inputs): over 200
+    # seeds the largest difference was 5e-9 * max|W|; a wrong update or order differs by >= 1e-4.
+    np.testing.assert_allclose(Wn, W_ref, rtol=1e-6, atol=1e-7 * np.abs(W).max())
 
 
 @pytest.mark.parametrize("name", ["magnitude", "wanda", "sparsegpt", "thanos"])
