@@ -5,9 +5,27 @@ the helpers that need it."""
 
 import glob
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
+
+
+def source_revision() -> str | None:
+    """The checkout's commit (`git describe --always --dirty`), recorded with each result; None outside git."""
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
 
 
 def layer_pairs(calib_dir: str, val_dir: str):

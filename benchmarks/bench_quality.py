@@ -26,6 +26,7 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
+from _common import source_revision
 
 from optima_jax import data, evaluate, models, pipeline
 from optima_jax.config import default_config, resolve_dtype
@@ -222,7 +223,7 @@ def main():
             cfg = cell_config(row, sparsity, scope, args.set) if row != "dense" else None
             dtype = jnp.bfloat16 if cfg is not None and resolve_dtype(cfg.dtype) == "bfloat16" else jnp.float32
             model = models.build_model(loaded.config, loaded.params, dtype=dtype)
-            cell = {"regime": regime, "row": row}
+            cell = {"regime": regime, "row": row, "commit": source_revision()}
             t0 = time.perf_counter()
             if row != "dense":
                 selector, update = cfg.selector, cfg.weight_update
